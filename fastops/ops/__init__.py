@@ -1,0 +1,1 @@
+"""Python entry points of the fastops operators (autograd, fake tensors, argument docs)."""

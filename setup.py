@@ -1,0 +1,85 @@
+"""Build fastops._C: CPU kernels always, CUDA kernels when torch is a CUDA build and nvcc exists.
+
+FASTOPS_CUDA=0|1 forces the CUDA kernels off or on. TORCH_CUDA_ARCH_LIST picks the
+architectures (default 8.0;9.0). MAX_JOBS bounds ninja's parallel compiles. No GPU is needed.
+"""
+import glob
+import os
+import re
+import shutil
+import subprocess
+import sys
+
+from setuptools import find_packages, setup
+
+try:
+    import torch
+except ImportError:
+    sys.exit(
+        "fastops builds against the torch you already have: install torch first "
+        "(e.g. pip install torch==2.14.1), then run `pip install -e . --no-build-isolation`."
+    )
+
+
+def find_cuda_home():
+    """The toolkit root. The machine's nvcc may be a wrapper script, so ask nvcc itself."""
+    if os.environ.get("CUDA_HOME"):
+        return os.environ["CUDA_HOME"]
+    nvcc = shutil.which("nvcc")
+    if nvcc is None:
+        return None
+    dryrun = subprocess.run([nvcc, "--dryrun", "-x", "cu", os.devnull],
+                            capture_output=True, text=True).stderr
+    top = re.search(r"^#\$ TOP=(.*)$", dryrun, re.MULTILINE)
+    return os.path.realpath(top.group(1).strip()) if top else os.path.dirname(os.path.dirname(nvcc))
+
+
+def want_cuda(cuda_home):
+    forced = os.environ.get("FASTOPS_CUDA")
+    if forced == "0":
+        return False
+    available = torch.version.cuda is not None and cuda_home is not None
+    if forced == "1" and not available:
+        sys.exit("FASTOPS_CUDA=1 but torch is a CPU build or nvcc was not found.")
+    return available
+
+
+cuda_home = find_cuda_home()
+with_cuda = want_cuda(cuda_home)
+if with_cuda:
+    os.environ["CUDA_HOME"] = cuda_home  # read by torch.utils.cpp_extension at import
+    os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "8.0;9.0")
+
+from torch.utils.cpp_extension import BuildExtension, CppExtension, CUDAExtension  # noqa: E402
+
+root = os.path.dirname(os.path.abspath(__file__))
+sources = sorted(glob.glob("csrc/*.cpp") + glob.glob("csrc/ops/*.cpp") + glob.glob("csrc/cpu/*.cpp"))
+cxx_flags = ["-O3", "-fopenmp"]
+nvcc_flags = ["-O3", "--use_fast_math", "--expt-relaxed-constexpr"]
+macros = [("TORCH_VERSION_BUILT", f'"{torch.__version__}"')]
+include_dirs = [os.path.join(root, "csrc")]
+extension = CppExtension
+if with_cuda:
+    sources += sorted(glob.glob("csrc/cuda/*.cu"))
+    macros.append(("FASTOPS_WITH_CUDA", None))
+    macros.append(("FASTOPS_CUDA_ARCHES", f'"{os.environ["TORCH_CUDA_ARCH_LIST"]}"'))
+    # pip's CUDA 13 wheels keep some headers (cusparse.h, ...) outside the toolkit.
+    for nvidia_include in glob.glob(os.path.join(os.path.dirname(torch.__path__[0]), "nvidia", "*", "include")):
+        cxx_flags += ["-isystem", nvidia_include]
+        nvcc_flags += ["-isystem", nvidia_include]
+    extension = CUDAExtension
+
+setup(
+    packages=find_packages(include=["fastops", "fastops.*"]),
+    ext_modules=[
+        extension(
+            "fastops._C",
+            sources,
+            include_dirs=include_dirs,
+            define_macros=macros,
+            extra_compile_args={"cxx": cxx_flags, "nvcc": nvcc_flags},
+            extra_link_args=["-fopenmp"],
+        )
+    ],
+    cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
+)
