@@ -54,7 +54,7 @@ from torch.utils.cpp_extension import BuildExtension, CppExtension, CUDAExtensio
 
 root = os.path.dirname(os.path.abspath(__file__))
 sources = sorted(glob.glob("csrc/*.cpp") + glob.glob("csrc/ops/*.cpp") + glob.glob("csrc/cpu/*.cpp"))
-cxx_flags = ["-O3", "-fopenmp"]
+cxx_flags = ["-O3", "-fopenmp", f"-march={os.environ.get('FASTOPS_CPU_ARCH', 'x86-64-v3')}"]
 nvcc_flags = ["-O3", "--use_fast_math", "--expt-relaxed-constexpr"]
 macros = [("TORCH_VERSION_BUILT", f'"{torch.__version__}"')]
 include_dirs = [os.path.join(root, "csrc")]

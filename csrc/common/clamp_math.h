@@ -1,0 +1,51 @@
+// Scalar math shared by the CPU and CUDA kernels of the clamped losses. T is the accumulation
+// type: float for float32/float16/bfloat16 inputs, double for float64 (gradcheck).
+#pragma once
+
+#include <cmath>
+
+#ifdef __CUDACC__
+#define FASTOPS_HOST_DEVICE __host__ __device__ __forceinline__
+#else
+#define FASTOPS_HOST_DEVICE inline
+#endif
+
+namespace fastops {
+
+// Clamp to [-bound, bound] keeping NaN as NaN (fmin/fmax would turn NaN into a bound).
+template <typename T>
+FASTOPS_HOST_DEVICE T clamp_keep_nan(T x, T bound) {
+  return x > bound ? bound : (x < -bound ? -bound : x);
+}
+
+// Gradient mask of torch.clamp: passes where -bound <= x <= bound (so not for ±inf or NaN).
+template <typename T>
+FASTOPS_HOST_DEVICE bool inside_clamp(T x, T bound) {
+  return (x >= -bound) & (x <= bound);
+}
+
+// Whether the clamp changes x: |x| > bound, ±inf included, NaN excluded (counted apart).
+template <typename T>
+FASTOPS_HOST_DEVICE bool changed_by_clamp(T x, T bound) {
+  return (x > bound) | (x < -bound);
+}
+
+// Stable BCE-with-logits with pos_weight p (torch's formula):
+//   l(x, t) = (1 - t) x + (1 + (p - 1) t) (log1p(exp(-|x|)) + max(-x, 0)),
+//   dl/dx   = (1 + (p - 1) t) sigmoid(x) - p t.
+template <typename T>
+FASTOPS_HOST_DEVICE T bce_with_logits(T x, T t, T p) {
+  using std::exp;
+  using std::fabs;
+  using std::log1p;
+  const T softplus_neg_x = log1p(exp(-fabs(x))) + (x < T(0) ? -x : T(0));
+  return (T(1) - t) * x + (T(1) + (p - T(1)) * t) * softplus_neg_x;
+}
+
+template <typename T>
+FASTOPS_HOST_DEVICE T bce_with_logits_grad(T x, T t, T p) {
+  using std::exp;
+  return (T(1) + (p - T(1)) * t) / (T(1) + exp(-x)) - p * t;
+}
+
+}  // namespace fastops

@@ -1,0 +1,149 @@
+"""FP16-safe fused clamp + cross-entropy (softmax and sigmoid), ``torch.ops.fastops.safe_*``.
+
+Logits of any float dtype (fp16/bf16 read directly, possibly holding ±inf from an fp16 overflow) are
+clamped to ``[-clamp, clamp]`` and the loss is computed in fp32 (fp64 for fp64 logits), in one pass
+over the logits forward and one write of the gradient backward, in the logits' dtype.
+"""
+from typing import NamedTuple, Optional
+
+import torch
+from torch import Tensor
+
+import fastops
+from fastops.ops._dispatch import check_same_device, has_kernel, is_compiling
+from fastops.reference import safe_cross_entropy as reference
+
+CLAMP_GRAD_MODES = ("zero", "straight_through")
+
+
+class SafeCrossEntropyResult(NamedTuple):
+    loss: Tensor  # per row [N] (softmax) or per element [N, C] (sigmoid), fp32
+    num_clamped: Tensor  # int64 scalar: logits changed by the clamp, ±inf included
+    num_nan: Tensor  # int64 scalar: NaN logits (their rows' losses are NaN)
+
+
+def _straight_through(clamp_grad: str) -> bool:
+    if clamp_grad not in CLAMP_GRAD_MODES:
+        raise ValueError(f"clamp_grad must be one of {CLAMP_GRAD_MODES}, got {clamp_grad!r}")
+    return clamp_grad == "straight_through"
+
+
+def _report(stats: Tensor, device: torch.device) -> SafeCrossEntropyResult:
+    """Raises on invalid labels found on the GPU (CPU raises in the kernel) and, in debug mode, on NaN."""
+    if not is_compiling():
+        if device.type != "cpu" and int(stats[2]) > 0:
+            raise ValueError(f"labels: {int(stats[2])} labels are out of range and not ignore_index")
+        if fastops.debug_enabled() and int(stats[1]) > 0:
+            raise FloatingPointError(f"logits: {int(stats[1])} NaN values (fastops debug mode)")
+    return stats[0], stats[1]
+
+
+def safe_cross_entropy(logits: Tensor, labels: Tensor, class_weight: Optional[Tensor] = None,
+                       ignore_index: int = -100, clamp: float = 100.0,
+                       clamp_grad: str = "zero") -> SafeCrossEntropyResult:
+    """Softmax cross-entropy of clamped logits, per row, without reduction.
+
+    ``loss[i] = class_weight[y_i] · (logsumexp(x̂_i) − x̂_i[y_i])`` with ``x̂ = clamp(x, −clamp, clamp)``
+    computed in fp32, and 0 where ``y_i == ignore_index`` — i.e. ``F.cross_entropy(x̂, y,
+    weight=class_weight, ignore_index=ignore_index, reduction='none')``.
+
+    Args:
+        logits: ``[N, C]`` float32/float16/bfloat16/float64; ±inf allowed.
+        labels: ``[N]`` int64 in ``[0, C)`` or ``ignore_index``; anything else raises.
+        class_weight: optional ``[C]`` per-class weights (not differentiated).
+        clamp: the bound; the default 100 keeps fp16 overflows (65504, ±inf) finite.
+        clamp_grad: ``'zero'`` — no gradient to clamped logits (``torch.clamp``'s rule);
+            ``'straight_through'`` — clamped logits get the gradient of their clamped value.
+
+    Returns:
+        ``(loss [N] fp32, num_clamped, num_nan)``: the counts are int64 scalars on the logits'
+        device. NaN logits make their row's loss NaN and are counted; in debug mode
+        (:func:`fastops.set_debug`) they raise instead.
+    """
+    straight_through = _straight_through(clamp_grad)
+    check_same_device("safe_cross_entropy", "logits", logits, labels=labels, class_weight=class_weight)
+    if not has_kernel(logits.device):
+        return reference.safe_cross_entropy(logits, labels, class_weight, ignore_index, clamp, clamp_grad)
+    loss, _, stats = torch.ops.fastops.safe_cross_entropy(
+        logits, labels, class_weight, ignore_index, clamp, straight_through)
+    return SafeCrossEntropyResult(loss, *_report(stats, logits.device))
+
+
+def safe_sigmoid_cross_entropy(logits: Tensor, targets: Tensor, pos_weight: Optional[Tensor] = None,
+                               ignore_index: int = -100, clamp: float = 100.0,
+                               clamp_grad: str = "zero") -> SafeCrossEntropyResult:
+    """Element-wise BCE-with-logits of clamped logits (``F.binary_cross_entropy_with_logits``).
+
+    Args:
+        logits: ``[N, C]`` float32/float16/bfloat16/float64; ±inf allowed.
+        targets: either ``[N]`` int64 class indices in ``[0, C]`` (``C`` = background, an all-zero
+            row; rows equal to ``ignore_index`` give zero loss and gradient) — the one-hot target is
+            never materialised — or ``[N, C]`` float probabilities (not differentiated).
+        pos_weight: optional ``[C]`` weight of the positive term, as in torch.
+        clamp, clamp_grad: as in :func:`safe_cross_entropy`.
+
+    Returns:
+        ``(loss [N, C] fp32, num_clamped, num_nan)``.
+    """
+    straight_through = _straight_through(clamp_grad)
+    check_same_device("safe_sigmoid_cross_entropy", "logits", logits, targets=targets, pos_weight=pos_weight)
+    if not has_kernel(logits.device):
+        return reference.safe_sigmoid_cross_entropy(logits, targets, pos_weight, ignore_index, clamp,
+                                                    clamp_grad)
+    loss, stats = torch.ops.fastops.safe_sigmoid_cross_entropy(
+        logits, targets, pos_weight, ignore_index, clamp, straight_through)
+    return SafeCrossEntropyResult(loss, *_report(stats, logits.device))
+
+
+def _loss_dtype(logits: Tensor) -> torch.dtype:
+    return torch.float64 if logits.dtype == torch.float64 else torch.float32
+
+
+@torch.library.register_fake("fastops::safe_cross_entropy")
+def _(logits, labels, class_weight, ignore_index, clamp, straight_through):
+    loss = logits.new_empty(logits.shape[:1], dtype=_loss_dtype(logits))
+    return loss, torch.empty_like(loss), logits.new_empty(3, dtype=torch.int64)
+
+
+@torch.library.register_fake("fastops::safe_cross_entropy_backward")
+def _(grad_loss, logits, labels, class_weight, lse, ignore_index, clamp, straight_through):
+    return torch.empty_like(logits)
+
+
+@torch.library.register_fake("fastops::safe_sigmoid_cross_entropy")
+def _(logits, targets, pos_weight, ignore_index, clamp, straight_through):
+    return logits.new_empty(logits.shape, dtype=_loss_dtype(logits)), logits.new_empty(3, dtype=torch.int64)
+
+
+@torch.library.register_fake("fastops::safe_sigmoid_cross_entropy_backward")
+def _(grad_loss, logits, targets, pos_weight, ignore_index, clamp, straight_through):
+    return torch.empty_like(logits)
+
+
+def _setup_softmax(ctx, inputs, output):
+    logits, labels, class_weight, ctx.ignore_index, ctx.clamp, ctx.straight_through = inputs
+    ctx.save_for_backward(logits, labels, class_weight, output[1])
+
+
+def _backward_softmax(ctx, grad_loss, grad_lse, grad_stats):
+    logits, labels, class_weight, lse = ctx.saved_tensors
+    grad_logits = torch.ops.fastops.safe_cross_entropy_backward(
+        grad_loss, logits, labels, class_weight, lse, ctx.ignore_index, ctx.clamp, ctx.straight_through)
+    return grad_logits, None, None, None, None, None
+
+
+def _setup_sigmoid(ctx, inputs, output):
+    logits, targets, pos_weight, ctx.ignore_index, ctx.clamp, ctx.straight_through = inputs
+    ctx.save_for_backward(logits, targets, pos_weight)
+
+
+def _backward_sigmoid(ctx, grad_loss, grad_stats):
+    logits, targets, pos_weight = ctx.saved_tensors
+    grad_logits = torch.ops.fastops.safe_sigmoid_cross_entropy_backward(
+        grad_loss, logits, targets, pos_weight, ctx.ignore_index, ctx.clamp, ctx.straight_through)
+    return grad_logits, None, None, None, None, None
+
+
+torch.library.register_autograd("fastops::safe_cross_entropy", _backward_softmax, setup_context=_setup_softmax)
+torch.library.register_autograd("fastops::safe_sigmoid_cross_entropy", _backward_sigmoid,
+                                setup_context=_setup_sigmoid)
