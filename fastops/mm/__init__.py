@@ -1,0 +1,5 @@
+"""OpenMMLab drop-ins, registered into the mmdet / mmpose registries on import.
+
+Load from a config with ``custom_imports = dict(imports=['fastops.mm'], allow_failed_imports=False)``.
+"""
+from . import losses  # noqa: F401
