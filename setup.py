@@ -54,7 +54,11 @@ from torch.utils.cpp_extension import BuildExtension, CppExtension, CUDAExtensio
 
 root = os.path.dirname(os.path.abspath(__file__))
 sources = sorted(glob.glob("csrc/*.cpp") + glob.glob("csrc/ops/*.cpp") + glob.glob("csrc/cpu/*.cpp"))
-cxx_flags = ["-O3", "-fopenmp", f"-march={os.environ.get('FASTOPS_CPU_ARCH', 'x86-64-v3')}"]
+# x86-64-v3 = AVX2/FMA/F16C (any x86 CPU since 2013; FASTOPS_CPU_ARCH=x86-64 for older ones).
+# -fno-trapping-math lets GCC if-convert float compares so the row loops vectorise; NaN and inf
+# semantics are unchanged (no -ffast-math).
+cpu_arch = os.environ.get("FASTOPS_CPU_ARCH", "x86-64-v3")
+cxx_flags = ["-O3", "-fopenmp", f"-march={cpu_arch}", "-fno-trapping-math", "-fno-math-errno"]
 nvcc_flags = ["-O3", "--use_fast_math", "--expt-relaxed-constexpr"]
 macros = [("TORCH_VERSION_BUILT", f'"{torch.__version__}"')]
 include_dirs = [os.path.join(root, "csrc")]

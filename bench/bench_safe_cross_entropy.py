@@ -1,0 +1,68 @@
+"""Forward+backward of cross-entropy on N×C logits: fastops vs mmdet CrossEntropyLoss vs torch.
+
+    pytest bench/bench_safe_cross_entropy.py --benchmark-only --benchmark-json=bench/ce.json
+"""
+import pytest
+import torch
+import torch.nn.functional as F
+
+import fastops
+
+SHAPES = [(4096, 81), (65536, 81), (8192, 1204)]
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16}
+
+
+def make_inputs(n, c, dtype, device):
+    gen = torch.Generator().manual_seed(0)
+    logits = (torch.randn(n, c, generator=gen) * 4).to(dtype).to(device).requires_grad_()
+    labels = torch.randint(0, c, (n,), generator=gen).to(device)
+    return logits, labels
+
+
+def fastops_step(logits, labels):
+    loss, _, _ = fastops.safe_cross_entropy(logits, labels)
+    loss.mean().backward()
+
+
+def torch_step(logits, labels):
+    F.cross_entropy(logits.float(), labels).backward()
+
+
+def mmdet_step_factory():
+    from mmdet.models.losses import CrossEntropyLoss
+
+    loss_module = CrossEntropyLoss()
+
+    def step(logits, labels):  # mmdet's fp16 path: upcast, then CE (as AmpOptimWrapper leaves it)
+        loss_module(logits.float(), labels).backward()
+
+    return step
+
+
+IMPLS = {"fastops": lambda: fastops_step, "torch": lambda: torch_step, "mmdet": mmdet_step_factory}
+
+
+@pytest.mark.parametrize("device", ["cpu"] + (["cuda"] if torch.cuda.is_available() else []))
+@pytest.mark.parametrize("dtype", list(DTYPES))
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: f"{s[0]}x{s[1]}")
+@pytest.mark.parametrize("impl", list(IMPLS))
+def test_cross_entropy_fwd_bwd(measure, benchmark, impl, shape, dtype, device):
+    if impl == "mmdet":
+        pytest.importorskip("mmdet")
+    benchmark.group = f"safe_cross_entropy {shape[0]}x{shape[1]} {dtype} {device}"
+    benchmark.extra_info["bytes"] = _bytes_moved(shape, DTYPES[dtype])
+    logits, labels = make_inputs(*shape, DTYPES[dtype], device)
+    step = IMPLS[impl]()
+
+    def run():
+        logits.grad = None
+        step(logits, labels)
+
+    measure(run, torch.device(device), rounds=10 if shape[0] * shape[1] > 1e6 else 30)
+
+
+def _bytes_moved(shape, dtype):
+    """Minimum traffic of a fused fwd+bwd: read logits twice, write the gradient once, plus labels."""
+    n, c = shape
+    element = torch.empty((), dtype=dtype).element_size()
+    return 3 * n * c * element + n * 8

@@ -1,0 +1,63 @@
+"""Shared benchmark helpers: peak memory of one call, recorded next to the timing."""
+import gc
+import os
+
+import ctypes
+
+import pytest
+import torch
+
+# A fixed mmap threshold (mallopt M_MMAP_THRESHOLD = -3) stops glibc from raising it on each free,
+# so every tensor of 64 KiB or more is a fresh mapping and shows in the RSS peak.
+ctypes.CDLL("libc.so.6").mallopt(-3, 64 * 1024)
+
+
+def _vm_hwm_kib() -> int:
+    with open("/proc/self/status") as status:
+        return next(int(line.split()[1]) for line in status if line.startswith("VmHWM:"))
+
+
+def _vm_rss_kib() -> int:
+    with open("/proc/self/status") as status:
+        return next(int(line.split()[1]) for line in status if line.startswith("VmRSS:"))
+
+
+def peak_memory_mib(fn, device: torch.device) -> float:
+    """Peak memory one call of `fn` adds: CUDA allocator peak, or on CPU the rise of the process's
+    peak RSS (VmHWM, reset through /proc/self/clear_refs) above the RSS before the call."""
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        fn()
+        torch.cuda.synchronize()
+        return (torch.cuda.max_memory_allocated() - base) / 2**20
+    with open("/proc/self/clear_refs", "w") as clear_refs:
+        clear_refs.write("5")
+    base = _vm_rss_kib()
+    fn()
+    return (_vm_hwm_kib() - base) / 1024
+
+
+@pytest.fixture
+def measure(benchmark):
+    """measure(fn, device, rounds): times fn with pytest-benchmark and records its peak memory."""
+
+    def run(fn, device=torch.device("cpu"), rounds=10, warmup_rounds=1):
+        sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+
+        def call():
+            fn()
+            sync()
+
+        call()
+        benchmark.extra_info["peak_mib"] = round(peak_memory_mib(call, device), 2)
+        benchmark.extra_info["device"] = torch.cuda.get_device_name() if device.type == "cuda" else f"cpu x{os.cpu_count()}"
+        benchmark.pedantic(call, rounds=rounds, warmup_rounds=warmup_rounds, iterations=1)
+
+    return run
+
+
+def devices():
+    return ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
