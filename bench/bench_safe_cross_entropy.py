@@ -50,7 +50,9 @@ def test_cross_entropy_fwd_bwd(measure, benchmark, impl, shape, dtype, device):
     if impl == "mmdet":
         pytest.importorskip("mmdet")
     benchmark.group = f"safe_cross_entropy {shape[0]}x{shape[1]} {dtype} {device}"
-    benchmark.extra_info["bytes"] = _bytes_moved(shape, DTYPES[dtype])
+    benchmark.extra_info.update(op="safe_cross_entropy", impl=impl, series=f"{impl} {dtype} {device}",
+                                size=shape[0] * shape[1], size_label="N·C",
+                                bytes=_bytes_moved(shape, DTYPES[dtype]))
     logits, labels = make_inputs(*shape, DTYPES[dtype], device)
     step = IMPLS[impl]()
 

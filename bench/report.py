@@ -8,7 +8,7 @@ from collections import defaultdict
 
 
 def impl_name(bench):
-    return bench["params"].get("impl") or bench["name"].split("[")[0]
+    return bench.get("extra_info", {}).get("impl") or bench["params"].get("impl") or bench["name"].split("[")[0]
 
 
 def render(data, baseline):
