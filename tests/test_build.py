@@ -1,0 +1,24 @@
+"""Build and packaging contract: build info, the no-torch message, the torch-version guard."""
+import os
+import subprocess
+import sys
+
+import torch
+
+import fastops
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_build_info_matches_runtime():
+    assert fastops._C.torch_version_built().split("+")[0] == torch.__version__.split("+")[0]
+    assert isinstance(fastops.cuda_built(), bool)
+    assert (fastops.cuda_arches() != "") == fastops.cuda_built()
+
+
+def test_setup_without_torch_says_what_to_do():
+    # Simulates pip's isolated build environment, where torch cannot be imported.
+    code = "import sys; sys.modules['torch'] = None; sys.argv = ['setup.py', '--version']; exec(open('setup.py').read())"
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode != 0
+    assert "install torch first" in result.stderr and "--no-build-isolation" in result.stderr
