@@ -39,6 +39,7 @@ class SmallestK {
   }
 
   int64_t size() const { return static_cast<int64_t>(keys_.size()); }
+  int64_t capacity() const { return cap_; }
   float key(int64_t i) const { return keys_[i]; }
   int64_t index(int64_t i) const { return idx_[i]; }
 
@@ -51,19 +52,108 @@ class SmallestK {
 
 // dynamic_k = max(1, trunc(sum of the candidate_topk largest indicators)), summed largest first
 // in float32 as torch sums the sorted torch.topk output.
-int64_t dynamic_k(const std::vector<PairSim>& sims, const Params& prm) {
-  const int64_t num_valid = static_cast<int64_t>(sims.size());
-  SmallestK largest(std::min(prm.candidate_topk, num_valid));
-  for (int64_t v = 0; v < num_valid; ++v) largest.push(-sims[v].indicator(prm), v);
+int64_t dynamic_k(const SmallestK& largest_negated, int64_t num_valid) {
   float total = 0.f;
-  for (int64_t i = 0; i < largest.size(); ++i) total = simota::add(total, -largest.key(i));
+  for (int64_t i = 0; i < largest_negated.size(); ++i) total = simota::add(total, -largest_negated.key(i));
   int64_t k = std::max<int64_t>(1, static_cast<int32_t>(total));
   return std::min(k, num_valid);
 }
 
+struct Box {
+  float x1, y1, x2, y2;
+};
+
+// What bounds the OKS of gt g from above: the box of its visible keypoints, 1 / (sqrt(area) * 2 max
+// sigma) over them, and the sum of its OKS weights.
+struct GtKeypointExtent {
+  Box visible;
+  double inv_scale;
+  double weight_sum;
+};
+
+GtKeypointExtent gt_keypoint_extent(const ImageData& img, const Params& prm, int64_t g) {
+  GtKeypointExtent ext{{INFINITY, INFINITY, -INFINITY, -INFINITY}, 0.0, 0.0};
+  double max_sigma = 0.0;
+  for (int64_t k = 0; k < prm.K; ++k) {
+    const double w = img.gt_kpt_weight[g * prm.K + k];
+    if (w == 0.0) continue;
+    const float x = img.gt_kpts[(g * prm.K + k) * 2], y = img.gt_kpts[(g * prm.K + k) * 2 + 1];
+    ext.visible = {std::min(ext.visible.x1, x), std::min(ext.visible.y1, y), std::max(ext.visible.x2, x),
+                   std::max(ext.visible.y2, y)};
+    ext.weight_sum += w;
+    max_sigma = std::max(max_sigma, static_cast<double>(img.sigmas[k]));
+  }
+  const double sqrt_area = std::max(std::sqrt(static_cast<double>(img.gt_areas[g])), 1e-8);
+  ext.inv_scale = 1.0 / (sqrt_area * 2.0 * max_sigma);
+  return ext;
+}
+
+Box keypoint_box(const ImageData& img, const Params& prm, int64_t p) {
+  Box box{INFINITY, INFINITY, -INFINITY, -INFINITY};
+  for (int64_t k = 0; k < prm.K; ++k) {
+    const float x = img.kpts[(p * prm.K + k) * 2], y = img.kpts[(p * prm.K + k) * 2 + 1];
+    box = {std::min(box.x1, x), std::min(box.y1, y), std::max(box.x2, x), std::max(box.y2, y)};
+  }
+  return box;
+}
+
+// Upper bound of OKS(p, g): every keypoint distance is at least the gap between the predicted
+// keypoint box and the visible gt keypoint box, so OKS <= sum(w) * exp(-(gap * inv_scale)^2 / 2).
+// The relative and absolute margins cover the float32 rounding of the exact OKS.
+float oks_upper_bound(const Box& pred, const GtKeypointExtent& gt) {
+  if (gt.weight_sum == 0.0) return 0.f;
+  const double gap_x = std::max({0.0, static_cast<double>(gt.visible.x1) - pred.x2,
+                                 static_cast<double>(pred.x1) - gt.visible.x2});
+  const double gap_y = std::max({0.0, static_cast<double>(gt.visible.y1) - pred.y2,
+                                 static_cast<double>(pred.y1) - gt.visible.y2});
+  const double scaled_sq = (gap_x * gap_x + gap_y * gap_y) * gt.inv_scale * gt.inv_scale;
+  return static_cast<float>(gt.weight_sum * std::exp(-scaled_sq / 2.0) * 1.001 + 1e-30);
+}
+
+// Per-prior similarities of one gt. `oks` may be only an upper bound where `oks_exact` is false:
+// for priors outside the gt's box-and-center region whose bound cannot reach the top-k.
+struct GtScan {
+  std::vector<PairSim> sims;
+  std::vector<uint8_t> oks_exact;
+  int64_t k;
+};
+
+GtScan scan_gt(const ImageData& img, const Params& prm, const std::vector<int64_t>& valid, int64_t g,
+               const Box* pred_kpt_box, const GtKeypointExtent& extent) {
+  const int64_t num_valid = static_cast<int64_t>(valid.size());
+  GtScan scan{std::vector<PairSim>(num_valid), std::vector<uint8_t>(num_valid, 1), 0};
+  SmallestK largest(std::min(prm.candidate_topk, num_valid));  // negated indicators
+  for (int64_t v = 0; v < num_valid; ++v) {
+    const int64_t p = valid[v];
+    PairSim& s = scan.sims[v];
+    s.iou = simota::pair_iou(img, p, g);
+    s.in_box_and_center = simota::in_box(img, p, g) && simota::in_center(img, prm, p, g);
+    s.oks = s.in_box_and_center && prm.need_oks() ? simota::pair_oks(img, prm, p, g) : 0.f;
+    if (!prm.oks_indicator) largest.push(-s.iou, v);
+    if (prm.oks_indicator && s.in_box_and_center) largest.push(-s.oks, v);
+  }
+  for (int64_t v = 0; prm.need_oks() && v < num_valid; ++v) {
+    PairSim& s = scan.sims[v];
+    if (s.in_box_and_center) continue;
+    const float bound = oks_upper_bound(pred_kpt_box[valid[v]], extent);
+    const bool can_enter_topk =
+        prm.oks_indicator && (largest.size() < largest.capacity() || -bound <= largest.key(largest.size() - 1));
+    if (can_enter_topk) {
+      s.oks = simota::pair_oks(img, prm, valid[v], g);
+      largest.push(-s.oks, v);
+    } else {
+      s.oks = bound;
+      scan.oks_exact[v] = 0;
+    }
+  }
+  scan.k = dynamic_k(largest, num_valid);
+  return scan;
+}
+
 // A float lower bound of the cost of every valid prior outside the gt's box-and-center region
 // (+inf when there is none). Float addition and multiplication by a weight >= 0 are monotone, so
-// the stock expression evaluated at the best IoU/OKS with zero class/visibility terms bounds it.
+// the stock expression evaluated at the best IoU/OKS (or OKS bound) with zero class/visibility
+// terms bounds it.
 float outside_cost_bound(const std::vector<PairSim>& sims, const Params& prm) {
   bool any_outside = false;
   float best_iou = -INFINITY, best_oks = -INFINITY;
@@ -80,21 +170,21 @@ float outside_cost_bound(const std::vector<PairSim>& sims, const Params& prm) {
 
 // The dynamic_k lowest-cost valid priors of gt g (positions in `valid`), lowest index on ties.
 std::vector<int64_t> select_for_gt(const ImageData& img, const Params& prm, const std::vector<int64_t>& valid,
-                                   int64_t g) {
+                                   int64_t g, const Box* pred_kpt_box, const GtKeypointExtent& extent) {
   const int64_t num_valid = static_cast<int64_t>(valid.size());
-  std::vector<PairSim> sims(num_valid);
-  for (int64_t v = 0; v < num_valid; ++v) sims[v] = simota::pair_similarity(img, prm, valid[v], g);
-  const int64_t k = dynamic_k(sims, prm);
+  GtScan scan = scan_gt(img, prm, valid, g, pred_kpt_box, extent);
+  const int64_t k = scan.k;
 
-  // Fast path: priors in box-and-center cost < INF + ..., the others >= the bound.
+  // Fast path: the k cheapest priors inside the box-and-center region cost less than any other.
   SmallestK inside(k);
   for (int64_t v = 0; v < num_valid; ++v) {
-    if (sims[v].in_box_and_center) inside.push(simota::pair_cost(img, prm, valid[v], g, sims[v]), v);
+    if (scan.sims[v].in_box_and_center) inside.push(simota::pair_cost(img, prm, valid[v], g, scan.sims[v]), v);
   }
-  const bool inside_suffices = inside.size() == k && inside.key(k - 1) < outside_cost_bound(sims, prm);
+  const bool inside_suffices = inside.size() == k && inside.key(k - 1) < outside_cost_bound(scan.sims, prm);
   SmallestK all(inside_suffices ? 0 : k);
-  if (!inside_suffices) {
-    for (int64_t v = 0; v < num_valid; ++v) all.push(simota::pair_cost(img, prm, valid[v], g, sims[v]), v);
+  for (int64_t v = 0; !inside_suffices && v < num_valid; ++v) {
+    if (!scan.oks_exact[v]) scan.sims[v].oks = simota::pair_oks(img, prm, valid[v], g);
+    all.push(simota::pair_cost(img, prm, valid[v], g, scan.sims[v]), v);
   }
   const SmallestK& chosen = inside_suffices ? inside : all;
   std::vector<int64_t> picked(k);
@@ -174,12 +264,22 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> simota_assign_cpu(
     }
   });
 
+  std::vector<GtKeypointExtent> extents(prm.pose ? B * G : 0);
+  at::parallel_for(0, prm.pose ? B * G : 0, 64, [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) {
+      if (i % G < batch.num_gts[i / G]) extents[i] = gt_keypoint_extent(image(i / G), prm, i % G);
+    }
+  });
+
   std::vector<uint8_t> is_valid(B * P);
+  std::vector<Box> pred_kpt_box(prm.pose ? B * P : 0);
   at::parallel_for(0, B * P, 256, [&](int64_t begin, int64_t end) {
     for (int64_t i = begin; i < end; ++i) {
       const ImageData img = image(i / P);
       is_valid[i] = simota::prior_is_valid(img, prm, i % P);
-      if (is_valid[i]) img.cls_neg_sum[i % P] = simota::class_neg_sum(img, prm, i % P);
+      if (!is_valid[i]) continue;
+      img.cls_neg_sum[i % P] = simota::class_neg_sum(img, prm, i % P);
+      if (prm.pose) pred_kpt_box[i] = keypoint_box(img, prm, i % P);
     }
   });
 
@@ -194,7 +294,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> simota_assign_cpu(
   at::parallel_for(0, B * G, 1, [&](int64_t begin, int64_t end) {
     for (int64_t i = begin; i < end; ++i) {
       const int64_t b = i / G, g = i % G;
-      if (g < batch.num_gts[b] && !valid[b].empty()) picked[i] = select_for_gt(image(b), prm, valid[b], g);
+      if (g < batch.num_gts[b] && !valid[b].empty()) {
+        picked[i] = select_for_gt(image(b), prm, valid[b], g, prm.pose ? pred_kpt_box.data() + b * P : nullptr,
+                                  prm.pose ? extents[i] : GtKeypointExtent{});
+      }
     }
   });
 
