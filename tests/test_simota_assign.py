@@ -160,3 +160,138 @@ def test_cuda_matches_cpu(seed, config):
     on_cuda = fastops.simota_assign(*[a.cuda() for a in args], **{k: v.cuda() for k, v in kwargs.items()},
                                     **settings)
     assert_same_assignment(tuple(t.cpu() for t in on_cuda), on_cpu)
+
+
+# ----------------------------------------------------------------------------------------------
+# Parity with the installed OpenMMLab assigners
+# ----------------------------------------------------------------------------------------------
+FIVE_KPT_METAINFO = '''dataset_info = dict(
+    dataset_name='five', paper_info=dict(),
+    keypoint_info={i: dict(name=f'k{i}', id=i, color=[0, 0, 0], type='', swap='') for i in range(5)},
+    skeleton_info={}, joint_weights=[1.0] * 5, sigmas=[.05, .03, .03, .08, .1])
+'''
+PARITY_STATS = dict(images=0, near_integer_exceptions=0)
+
+
+@pytest.fixture(scope='module')
+def metainfo_files(tmp_path_factory):
+    five = tmp_path_factory.mktemp('meta') / 'five_keypoints.py'
+    five.write_text(FIVE_KPT_METAINFO)
+    return {17: 'configs/_base_/datasets/coco.py', 5: str(five)}
+
+
+def _image_instances(args, kwargs, b):
+    from mmengine.structures import InstanceData
+    priors, boxes, scores, gt_boxes, labels, num_gts = args
+    n = int(num_gts[b])
+    pred = InstanceData(priors=priors, bboxes=boxes[b], scores=scores[b])
+    gt = InstanceData(bboxes=gt_boxes[b, :n], labels=labels[b, :n])
+    if kwargs:
+        pred.keypoints, pred.keypoints_visible = kwargs['pred_keypoints'][b], kwargs['pred_keypoints_visible'][b]
+        gt.keypoints, gt.keypoints_visible = kwargs['gt_keypoints'][b, :n], kwargs['gt_keypoints_visible'][b, :n]
+        gt.areas = kwargs['gt_areas'][b, :n]
+    return pred, gt
+
+
+def _near_integer_dynamic_k(args, kwargs, b, settings) -> bool:
+    """Whether some gt's sum of top-k indicators lies within 1e-5 of an integer (allowed mismatch)."""
+    priors, boxes, _, gt_boxes, _, num_gts = args
+    n = int(num_gts[b])
+    if settings.get('dynamic_k_indicator', 'iou') == 'oks':
+        indicator = _pose_oks(kwargs['pred_keypoints'][b], kwargs['gt_keypoints'][b, :n],
+                              kwargs['gt_keypoints_visible'][b, :n], kwargs['gt_areas'][b, :n], kwargs['sigmas'])
+    else:
+        indicator = _box_iou(boxes[b], gt_boxes[b, :n])
+    sums = torch.topk(indicator, min(settings['candidate_topk'], indicator.size(0)), dim=0).values.sum(0)
+    return bool(((sums - sums.round()).abs() < 1e-5).any())
+
+
+def _compare_batch(ours, stock_rows, args, kwargs, settings):
+    for b, stock in enumerate(stock_rows):
+        PARITY_STATS['images'] += 1
+        same = (torch.equal(ours[0][b], stock['gt_inds']) and torch.equal(ours[2][b], stock['labels'])
+                and bool(((ours[1][b] - stock['max_overlaps']).abs() <= 1e-5).all()))
+        if same:
+            continue
+        assert _near_integer_dynamic_k(args, kwargs, b, settings), f'image {b} differs from the stock assigner'
+        PARITY_STATS['near_integer_exceptions'] += 1
+
+
+@pytest.mark.parametrize('seed', range(60))
+def test_parity_with_mmpose(seed, metainfo_files):
+    pytest.importorskip('mmpose')
+    from mmpose.registry import TASK_UTILS
+    size, gts, K, kind = case_of(seed)
+    settings = (RTMO_CONFIG, IOU_VIS_CONFIG)[(seed // 3) % 2]
+    args, kwargs = random_batch(1000 + seed, size, gts, K, kind=kind)
+    stock = TASK_UTILS.build(dict(type='SimOTAAssigner', **settings,
+                                  oks_calculator=dict(type='PoseOKS', metainfo=metainfo_files[K])))
+    ours = fastops.simota_assign(*args, **kwargs, **settings)
+    stock_rows = [stock.assign(*_image_instances(args, kwargs, b)) for b in range(len(gts))]
+    _compare_batch(ours, stock_rows, args, kwargs, settings)
+
+
+@pytest.mark.parametrize('seed', range(25))
+def test_parity_with_mmdet_yolox(seed):
+    pytest.importorskip('mmdet')
+    from mmdet.registry import TASK_UTILS
+    size, gts, _, kind = case_of(seed)
+    args, _ = random_batch(2000 + seed, size, gts, num_classes=(80, 3)[seed % 2], pose=False, kind=kind)
+    stock = TASK_UTILS.build(dict(type='SimOTAAssigner', **YOLOX_CONFIG))
+    ours = fastops.simota_assign(*args, **YOLOX_CONFIG)
+    stock_rows = []
+    for b in range(len(gts)):
+        result = stock.assign(*_image_instances(args, {}, b))
+        stock_rows.append(dict(gt_inds=result.gt_inds, labels=result.labels, max_overlaps=result.max_overlaps))
+    _compare_batch(ours, stock_rows, args, {}, YOLOX_CONFIG)
+
+
+def test_parity_exceptions_are_rare():
+    """Reports the allowed near-integer dynamic_k mismatches of the parity tests above."""
+    if PARITY_STATS['images'] == 0:
+        pytest.skip('no parity test ran (OpenMMLab stack missing or deselected)')
+    print(f"\nsimota parity: {PARITY_STATS['images']} images, "
+          f"{PARITY_STATS['near_integer_exceptions']} near-integer dynamic_k exceptions")
+    assert PARITY_STATS['images'] >= 300
+    assert PARITY_STATS['near_integer_exceptions'] <= 0.01 * PARITY_STATS['images']
+
+
+@pytest.mark.parametrize('seed', range(8))
+def test_mmpose_dropin_matches_stock(seed, metainfo_files):
+    pytest.importorskip('mmpose')
+    import fastops.mm  # noqa: F401  (registers FusedSimOTAAssigner)
+    from mmpose.registry import TASK_UTILS
+    size, gts, K, kind = case_of(seed)
+    args, kwargs = random_batch(3000 + seed, size, gts, K, kind=kind)
+    cfg = dict(RTMO_CONFIG, oks_calculator=dict(type='PoseOKS', metainfo=metainfo_files[K]))
+    stock, fused = TASK_UTILS.build(dict(cfg, type='SimOTAAssigner')), TASK_UTILS.build(
+        dict(cfg, type='FusedSimOTAAssigner'))
+    for b in range(len(gts)):
+        expected, got = (a.assign(*_image_instances(args, kwargs, b)) for a in (stock, fused))
+        assert got.keys() == expected.keys() and got['num_gts'] == expected['num_gts']
+        for key in ('gt_inds', 'labels', 'max_overlaps'):
+            assert got[key].dtype == expected[key].dtype
+            torch.testing.assert_close(got[key], expected[key], rtol=0, atol=1e-5)
+    batch = fused.assign_batch(args[0], args[1], args[2], kwargs['pred_keypoints'], kwargs['pred_keypoints_visible'],
+                               [_image_instances(args, kwargs, b)[1] for b in range(len(gts))])
+    assert torch.equal(batch['num_gts'], args[5])
+    assert_same_assignment((batch['gt_inds'], batch['max_overlaps'], batch['labels']),
+                           fastops.simota_assign(*args, **kwargs, **RTMO_CONFIG))
+
+
+@pytest.mark.parametrize('seed', range(4))
+def test_mmdet_dropin_matches_stock(seed):
+    pytest.importorskip('mmdet')
+    import fastops.mm  # noqa: F401
+    from mmdet.models.task_modules.assigners import AssignResult
+    from mmdet.registry import TASK_UTILS
+    size, gts, _, kind = case_of(seed)
+    args, _ = random_batch(4000 + seed, size, gts, num_classes=80, pose=False, kind=kind)
+    stock = TASK_UTILS.build(dict(type='SimOTAAssigner', **YOLOX_CONFIG))
+    fused = TASK_UTILS.build(dict(type='FusedSimOTAAssigner', **YOLOX_CONFIG))
+    for b in range(len(gts)):
+        expected, got = (a.assign(*_image_instances(args, {}, b)) for a in (stock, fused))
+        assert isinstance(got, AssignResult) and got.num_gts == expected.num_gts
+        for key in ('gt_inds', 'labels', 'max_overlaps'):
+            assert getattr(got, key).dtype == getattr(expected, key).dtype
+            torch.testing.assert_close(getattr(got, key), getattr(expected, key), rtol=0, atol=1e-5)
