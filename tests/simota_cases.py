@@ -35,10 +35,11 @@ def _gt_boxes(gen, num, size, kind):
     return torch.cat([center - wh / 2, center + wh / 2], 1), center, wh
 
 
-def random_batch(seed: int, size: int, num_gts, num_keypoints=17, num_classes=1, pose=True, kind='normal'):
+def random_batch(seed: int, size: int, num_gts, num_keypoints=17, num_classes=1, pose=True, kind='normal',
+                 strides=(16, 32)):
     """Inputs of one batch for fastops.simota_assign: (args tuple, keyword dict). ``num_gts``: per image."""
     gen = torch.Generator().manual_seed(seed)
-    priors = rtmo_priors(size)
+    priors = rtmo_priors(size, strides)
     batch, num_priors, max_gts, K = len(num_gts), priors.size(0), max(max(num_gts), 1), num_keypoints
     gt_boxes = torch.zeros(batch, max_gts, 4)
     gt_kpts = torch.zeros(batch, max_gts, K, 2)
