@@ -30,7 +30,7 @@ def assert_same_assignment(ours, theirs):
     torch.testing.assert_close(ours[1], theirs[1], rtol=0, atol=1e-5)
 
 
-@pytest.mark.parametrize('seed', range(24))
+@pytest.mark.parametrize('seed', range(16))
 @pytest.mark.parametrize('config', ['rtmo', 'iou_vis', 'yolox'])
 def test_op_matches_reference(seed, config):
     size, gts, K, kind = case_of(seed)
@@ -137,15 +137,9 @@ def test_opcheck(pose):
 
 def test_torch_compile_fullgraph():
     args, kwargs = random_batch(3, 480, [3, 20], 17)
-
-    @torch.compile(fullgraph=True, backend='aot_eager')
-    def assign(*tensors):
-        return torch.ops.fastops.simota_assign(*_op_args(tensors[:6], dict(zip(
-            ['pred_keypoints', 'pred_keypoints_visible', 'gt_keypoints', 'gt_keypoints_visible', 'gt_areas',
-             'sigmas'], tensors[6:])), {}))
-
-    compiled = assign(*args, *kwargs.values())
+    compiled = torch.compile(fastops.simota_assign, fullgraph=True)(*args, **kwargs, **RTMO_CONFIG)
     assert_same_assignment(compiled, fastops.simota_assign(*args, **kwargs, **RTMO_CONFIG))
+    assert (compiled[0] > 0).any()
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason='needs a CUDA device')
