@@ -28,14 +28,16 @@ C10_HOST_DEVICE inline float mul_rn(float a, float b) {
 #ifdef __CUDA_ARCH__
   return __fmul_rn(a, b);
 #else
-  return a * b;
+  volatile float product = a * b;  // volatile: no FMA contraction with the following add
+  return product;
 #endif
 }
 C10_HOST_DEVICE inline double mul_rn(double a, double b) {
 #ifdef __CUDA_ARCH__
   return __dmul_rn(a, b);
 #else
-  return a * b;
+  volatile double product = a * b;
+  return product;
 #endif
 }
 C10_HOST_DEVICE inline float add_rn(float a, float b) {
