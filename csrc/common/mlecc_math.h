@@ -137,11 +137,28 @@ C10_HOST_DEVICE inline T nll_with_floor_grad(T s, T log_floor) {
   return -std::exp(s - log_add_exp(s, log_floor));
 }
 
-// Axis log-likelihood s_a = log sum_i p_i t_i from the two log-normalisers of the row.
+// Log-normalisers of one axis row, relative to the row's largest clamped logit z_max so that
+// large logits cost no precision (d_i = z_i - z_max is exact for every term that matters):
+//   softmax = log(sum_i exp(d_i) + 1e-8)         (the stock softmax denominator)
+//   joint   = log(sum_i exp(d_i + e_i))           (e_i the Laplace exponent)
+// so log p_i = d_i - softmax, r_i = p_i t_i / sum_j p_j t_j = exp(d_i + e_i - joint).
 template <typename T>
-C10_HOST_DEVICE inline T axis_log_likelihood(T lse_softmax, T lse_joint, T sigma) {
-  return lse_joint - lse_softmax - std::log(sigma);
-}
+struct LogNormalisers {
+  static constexpr int kCount = 3;  // values saved per axis in row_stats
+  T z_max, softmax, joint;
+
+  C10_HOST_DEVICE void store(T* out) const {
+    out[0] = z_max;
+    out[1] = softmax;
+    out[2] = joint;
+  }
+  C10_HOST_DEVICE static LogNormalisers load(const T* in) { return {in[0], in[1], in[2]}; }
+  // Axis log-likelihood s_a = log sum_i p_i t_i = joint - softmax - log s'.
+  C10_HOST_DEVICE T log_likelihood(T sigma) const { return joint - softmax - std::log(sigma); }
+};
+
+// row_stats holds the x then the y axis' LogNormalisers of every (instance, keypoint) row.
+constexpr int kRowStats = 2 * LogNormalisers<float>::kCount;
 
 }  // namespace mlecc
 }  // namespace fastops

@@ -182,13 +182,8 @@ struct AxisRow {
   LaplaceAxis<T> target;
 };
 
-template <typename T>
-struct LogNormalisers {
-  T softmax;  // log(sum_i exp(z_i) + eps * exp(max z)): the stock softmax denominator
-  T joint;    // log(sum_i exp(z_i + e_i))
-};
-
-// Two passes: maxima (for a stable log-sum-exp), then the two sums.
+// Two passes: the largest clamped logit z_max (and a shift close to max_i d_i + e_i, so the
+// joint log-sum-exp neither over- nor underflows), then the two sums.
 template <typename T>
 LogNormalisers<T> axis_forward(const AxisRow<T>& row, T* exponents) {
   T z_max = -std::numeric_limits<T>::infinity();
@@ -200,13 +195,14 @@ LogNormalisers<T> axis_forward(const AxisRow<T>& row, T* exponents) {
     z_max = std::max(z_max, z);
     joint_max = std::max(joint_max, z + e);
   }
+  const T shift = joint_max - z_max;
   T sum_softmax = 0, sum_joint = 0;
   for (int64_t i = 0; i < row.bins; ++i) {
-    const T z = clamp_logit(row.logits[i]);
-    sum_softmax += std::exp(z - z_max);
-    sum_joint += std::exp(z + exponents[i] - joint_max);
+    const T d = clamp_logit(row.logits[i]) - z_max;
+    sum_softmax += std::exp(d);
+    sum_joint += std::exp(d + exponents[i] - shift);
   }
-  return {z_max + std::log(sum_softmax + static_cast<T>(kSoftmaxEps)), joint_max + std::log(sum_joint)};
+  return {z_max, std::log(sum_softmax + static_cast<T>(kSoftmaxEps)), shift + std::log(sum_joint)};
 }
 
 // d s_a / d(sigma', center, scale) of one axis.
@@ -225,11 +221,11 @@ AxisGrads<T> axis_backward(const AxisRow<T>& row, const LogNormalisers<T>& lse, 
   const auto& tgt = row.target;
   for (int64_t i = 0; i < row.bins; ++i) {
     const T raw = row.logits[i];
-    const T z = clamp_logit(raw);
+    const T d = clamp_logit(raw) - lse.z_max;
     const T diff = tgt.coord - tgt.bin(row.lin[i]);
     const T q = tgt.distance(row.lin[i]);
-    const T r = std::exp(z - q * T(0.5) - lse.joint);
-    const T p = std::exp(z - lse.softmax);
+    const T r = std::exp(d - q * T(0.5) - lse.joint);
+    const T p = std::exp(d - lse.softmax);
     grad_logits[i] = logit_in_clamp_range(raw) ? grad_s * (r - p) : T(0);
     const T signed_r = diff > 0 ? r : (diff < 0 ? -r : T(0));
     sum_rq += r * q;
@@ -328,25 +324,27 @@ FASTOPS_AVX2 LogNormalisers<float> axis_forward_avx2(const AxisRow<float>& row, 
     z_max = _mm256_max_ps(z_max, _mm256_blendv_ps(neg_inf, z, valid));
     joint_max = _mm256_max_ps(joint_max, _mm256_blendv_ps(neg_inf, _mm256_add_ps(z, e), valid));
   }
-  const float z_max_s = hmax256(z_max), joint_max_s = hmax256(joint_max);
-  const __m256 zm = _mm256_set1_ps(z_max_s), jm = _mm256_set1_ps(joint_max_s);
+  const float z_max_s = hmax256(z_max);
+  const float shift_s = hmax256(joint_max) - z_max_s;
+  const __m256 zm = _mm256_set1_ps(z_max_s), shift = _mm256_set1_ps(shift_s);
   __m256 sum_softmax = _mm256_setzero_ps(), sum_joint = _mm256_setzero_ps();
   for (int64_t i = 0; i < row.bins; i += 8) {
     const __m256i mask = lane_mask(i, row.bins);
     const __m256 valid = _mm256_castsi256_ps(mask);
-    const __m256 z = clamp_logit256(_mm256_maskload_ps(row.logits + i, mask));
+    const __m256 d = _mm256_sub_ps(clamp_logit256(_mm256_maskload_ps(row.logits + i, mask)), zm);
     const __m256 e = _mm256_maskload_ps(exponents + i, mask);
-    sum_softmax = _mm256_add_ps(sum_softmax, _mm256_and_ps(valid, exp256(_mm256_sub_ps(z, zm))));
-    sum_joint = _mm256_add_ps(sum_joint, _mm256_and_ps(valid, exp256(_mm256_sub_ps(_mm256_add_ps(z, e), jm))));
+    sum_softmax = _mm256_add_ps(sum_softmax, _mm256_and_ps(valid, exp256(d)));
+    sum_joint = _mm256_add_ps(sum_joint, _mm256_and_ps(valid, exp256(_mm256_sub_ps(_mm256_add_ps(d, e), shift))));
   }
-  return {z_max_s + std::log(hsum256(sum_softmax) + static_cast<float>(kSoftmaxEps)),
-          joint_max_s + std::log(hsum256(sum_joint))};
+  return {z_max_s, std::log(hsum256(sum_softmax) + static_cast<float>(kSoftmaxEps)),
+          shift_s + std::log(hsum256(sum_joint))};
 }
 
 FASTOPS_AVX2 AxisGrads<float> axis_backward_avx2(const AxisRow<float>& row, const LogNormalisers<float>& lse,
                                                  float grad_s, float* grad_logits) {
   const LaplaceAxis256 tgt(row.target);
   const float lim = static_cast<float>(kLogitClamp);
+  const __m256 z_max = _mm256_set1_ps(lse.z_max);
   const __m256 lse_joint = _mm256_set1_ps(lse.joint), lse_softmax = _mm256_set1_ps(lse.softmax);
   const __m256 grad = _mm256_set1_ps(grad_s), sign_bit = _mm256_set1_ps(-0.0f), zero = _mm256_setzero_ps();
   __m256 sum_rq = zero, sum_rs = zero, sum_rls = zero;
@@ -354,12 +352,13 @@ FASTOPS_AVX2 AxisGrads<float> axis_backward_avx2(const AxisRow<float>& row, cons
     const __m256i mask = lane_mask(i, row.bins);
     const __m256 valid = _mm256_castsi256_ps(mask);
     const __m256 raw = _mm256_maskload_ps(row.logits + i, mask);
-    const __m256 z = clamp_logit256(raw);
+    const __m256 d = _mm256_sub_ps(clamp_logit256(raw), z_max);
     const __m256 lin = _mm256_maskload_ps(row.lin + i, mask);
     const __m256 diff = tgt.diff(lin);
     const __m256 q = tgt.distance(diff);
-    const __m256 r = _mm256_and_ps(valid, exp256(_mm256_sub_ps(_mm256_add_ps(z, _mm256_mul_ps(q, _mm256_set1_ps(-0.5f))), lse_joint)));
-    const __m256 p = exp256(_mm256_sub_ps(z, lse_softmax));
+    const __m256 e = _mm256_mul_ps(q, _mm256_set1_ps(-0.5f));
+    const __m256 r = _mm256_and_ps(valid, exp256(_mm256_sub_ps(_mm256_add_ps(d, e), lse_joint)));
+    const __m256 p = exp256(_mm256_sub_ps(d, lse_softmax));
     const __m256 unclamped = _mm256_and_ps(_mm256_cmp_ps(raw, _mm256_set1_ps(-lim), _CMP_GE_OQ),
                                            _mm256_cmp_ps(raw, _mm256_set1_ps(lim), _CMP_LE_OQ));
     _mm256_maskstore_ps(grad_logits + i, mask, _mm256_and_ps(unclamped, _mm256_mul_ps(grad, _mm256_sub_ps(r, p))));
@@ -451,7 +450,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> mlecc_from_logits_cpu(
   const auto weight = weight_in.has_value() ? std::optional<at::Tensor>(weight_in->contiguous()) : std::nullopt;
   const int64_t n_inst = logits_x.size(0), k = logits_x.size(1);
   auto loss = at::empty({n_inst, k}, logits_x.options());
-  auto stats = at::empty({n_inst, k, 4}, logits_x.options());
+  auto stats = at::empty({n_inst, k, kRowStats}, logits_x.options());
   int64_t num_invalid = 0;
   AT_DISPATCH_FLOATING_TYPES(logits_x.scalar_type(), "mlecc_loss_from_logits_cpu", [&] {
     const auto in = logits_inputs<scalar_t>(t, weight);
@@ -467,18 +466,17 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> mlecc_from_logits_cpu(
               const int64_t row = n * k + kk;
               if (!in.valid(n, kk)) {
                 out[row] = scalar_t(0);
-                std::fill_n(stat + row * 4, 4, std::numeric_limits<scalar_t>::quiet_NaN());
+                std::fill_n(stat + row * kRowStats, kRowStats, std::numeric_limits<scalar_t>::quiet_NaN());
                 ++count;
                 continue;
               }
               const auto ax = in.axis(n, kk, 0), ay = in.axis(n, kk, 1);
               const auto lx = axis_forward_dispatch(ax, exponents.data());
               const auto ly = axis_forward_dispatch(ay, exponents.data());
-              const scalar_t s = axis_log_likelihood(lx.softmax, lx.joint, ax.target.sigma) +
-                                 axis_log_likelihood(ly.softmax, ly.joint, ay.target.sigma);
+              const scalar_t s = lx.log_likelihood(ax.target.sigma) + ly.log_likelihood(ay.target.sigma);
               out[row] = weight_at(in.weight, row) * nll_with_floor(s, log_floor);
-              const scalar_t row_stats[4] = {lx.softmax, lx.joint, ly.softmax, ly.joint};
-              std::copy_n(row_stats, 4, stat + row * 4);
+              lx.store(stat + row * kRowStats);
+              ly.store(stat + row * kRowStats + LogNormalisers<scalar_t>::kCount);
             }
           }
           return count;
@@ -496,9 +494,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> mlecc_from_logits_bac
   check_mlecc_from_logits_args(logits_x, logits_y, keypoints, bbox_cs, sigmas, areas, weight_in, x_bins, y_bins,
                                floor);
   check_mlecc_grad_arg(grad_loss_in, logits_x);
-  TORCH_CHECK(row_stats_in.sizes() == at::IntArrayRef({logits_x.size(0), logits_x.size(1), 4}) &&
-                  row_stats_in.scalar_type() == logits_x.scalar_type(),
-              "mlecc_loss: row_stats must be the [N, K, 4] output of mlecc_loss_from_logits");
+  check_mlecc_row_stats_arg(row_stats_in, logits_x);
   const auto t = contiguous_all({logits_x, logits_y, keypoints, bbox_cs, sigmas, areas, x_bins, y_bins});
   const auto weight = weight_in.has_value() ? std::optional<at::Tensor>(weight_in->contiguous()) : std::nullopt;
   const auto grad_loss = grad_loss_in.contiguous(), row_stats = row_stats_in.contiguous();
@@ -519,7 +515,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> mlecc_from_logits_bac
         scalar_t box[4] = {0, 0, 0, 0};
         for (int64_t kk = 0; kk < k; ++kk) {
           const int64_t row = n * k + kk;
-          const scalar_t* rs = stat + row * 4;
+          const scalar_t* rs = stat + row * kRowStats;
           if (std::isnan(rs[0])) {  // invalid inputs: counted in the forward, no gradient
             std::fill_n(glx + row * in.wx, in.wx, scalar_t(0));
             std::fill_n(gly + row * in.wy, in.wy, scalar_t(0));
@@ -527,9 +523,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> mlecc_from_logits_bac
             continue;
           }
           const auto ax = in.axis(n, kk, 0), ay = in.axis(n, kk, 1);
-          const LogNormalisers<scalar_t> lx{rs[0], rs[1]}, ly{rs[2], rs[3]};
-          const scalar_t s = axis_log_likelihood(lx.softmax, lx.joint, ax.target.sigma) +
-                             axis_log_likelihood(ly.softmax, ly.joint, ay.target.sigma);
+          const auto lx = LogNormalisers<scalar_t>::load(rs);
+          const auto ly = LogNormalisers<scalar_t>::load(rs + LogNormalisers<scalar_t>::kCount);
+          const scalar_t s = lx.log_likelihood(ax.target.sigma) + ly.log_likelihood(ay.target.sigma);
           const scalar_t grad_s = go[row] * weight_at(in.weight, row) * nll_with_floor_grad(s, log_floor);
           const auto gx = axis_backward_dispatch(ax, lx, grad_s, glx + row * in.wx);
           const auto gy = axis_backward_dispatch(ay, ly, grad_s, gly + row * in.wy);

@@ -231,12 +231,7 @@ struct LogitsInputs {
   }
 };
 
-template <typename T>
-struct LogNormalisers {
-  T softmax;  // log(sum_i exp(z_i) + eps * exp(max z))
-  T joint;    // log(sum_i exp(z_i + e_i))
-};
-
+// Two warp passes, as the CPU kernel: z_max and a shift close to max_i d_i + e_i, then the sums.
 template <typename T>
 __device__ LogNormalisers<T> axis_forward(const T* logits, const T* lin, int64_t bins, const LaplaceAxis<T>& tgt) {
   T z_max = -std::numeric_limits<T>::infinity(), joint_max = z_max;
@@ -246,14 +241,14 @@ __device__ LogNormalisers<T> axis_forward(const T* logits, const T* lin, int64_t
     joint_max = max(joint_max, z + tgt.exponent(lin[i]));
   }
   z_max = warp_max(z_max);
-  joint_max = warp_max(joint_max);
+  const T shift = warp_max(joint_max) - z_max;
   T sum_softmax = 0, sum_joint = 0;
   for (int64_t i = lane_id(); i < bins; i += kWarpSize) {
-    const T z = clamp_logit(logits[i]);
-    sum_softmax += ::exp(z - z_max);
-    sum_joint += ::exp(z + tgt.exponent(lin[i]) - joint_max);
+    const T d = clamp_logit(logits[i]) - z_max;
+    sum_softmax += ::exp(d);
+    sum_joint += ::exp(d + tgt.exponent(lin[i]) - shift);
   }
-  return {z_max + ::log(warp_sum(sum_softmax) + static_cast<T>(kSoftmaxEps)), joint_max + ::log(warp_sum(sum_joint))};
+  return {z_max, ::log(warp_sum(sum_softmax) + static_cast<T>(kSoftmaxEps)), shift + ::log(warp_sum(sum_joint))};
 }
 
 template <typename T>
@@ -269,11 +264,11 @@ __device__ AxisGrads<T> axis_backward(const T* logits, const T* lin, int64_t bin
   T sum_rq = 0, sum_rs = 0, sum_rls = 0;
   for (int64_t i = lane_id(); i < bins; i += kWarpSize) {
     const T raw = logits[i];
-    const T z = clamp_logit(raw);
+    const T d = clamp_logit(raw) - lse.z_max;
     const T diff = tgt.coord - tgt.bin(lin[i]);
     const T q = tgt.distance(lin[i]);
-    const T r = ::exp(z - q * T(0.5) - lse.joint);
-    const T p = ::exp(z - lse.softmax);
+    const T r = ::exp(d - q * T(0.5) - lse.joint);
+    const T p = ::exp(d - lse.softmax);
     grad_logits[i] = logit_in_clamp_range(raw) ? grad_s * (r - p) : T(0);
     const T signed_r = diff > 0 ? r : (diff < 0 ? -r : T(0));
     sum_rq += r * q;
@@ -288,7 +283,7 @@ __device__ AxisGrads<T> axis_backward(const T* logits, const T* lin, int64_t bin
 
 template <typename T>
 __device__ T row_log_likelihood(const LogNormalisers<T>& lx, const LogNormalisers<T>& ly, T sigma) {
-  return axis_log_likelihood(lx.softmax, lx.joint, sigma) + axis_log_likelihood(ly.softmax, ly.joint, sigma);
+  return lx.log_likelihood(sigma) + ly.log_likelihood(sigma);
 }
 
 template <typename T>
@@ -299,7 +294,7 @@ __global__ void logits_forward_kernel(LogitsInputs<T> in, int64_t rows, T log_fl
   if (!in.valid(row)) {
     if (lane_id() == 0) {
       loss[row] = T(0);
-      for (int j = 0; j < 4; ++j) stats[row * 4 + j] = std::numeric_limits<T>::quiet_NaN();
+      for (int j = 0; j < kRowStats; ++j) stats[row * kRowStats + j] = std::numeric_limits<T>::quiet_NaN();
       atomicAdd(num_invalid, 1ull);
     }
     return;
@@ -309,10 +304,8 @@ __global__ void logits_forward_kernel(LogitsInputs<T> in, int64_t rows, T log_fl
   const auto ly = axis_forward(in.logits_y + row * in.wy, in.y_bins, in.wy, ty);
   if (lane_id() == 0) {
     loss[row] = weight_at(in.weight, row) * nll_with_floor(row_log_likelihood(lx, ly, tx.sigma), log_floor);
-    stats[row * 4] = lx.softmax;
-    stats[row * 4 + 1] = lx.joint;
-    stats[row * 4 + 2] = ly.softmax;
-    stats[row * 4 + 3] = ly.joint;
+    lx.store(stats + row * kRowStats);
+    ly.store(stats + row * kRowStats + LogNormalisers<T>::kCount);
   }
 }
 
@@ -323,7 +316,7 @@ __global__ void logits_backward_kernel(LogitsInputs<T> in, int64_t rows, T log_f
                                        const T* stats, T* grad_lx, T* grad_ly, T* grad_sigmas, T* bbox_partials) {
   const int64_t row = warp_row();
   if (row >= rows) return;
-  const T* rs = stats + row * 4;
+  const T* rs = stats + row * kRowStats;
   T* glx = grad_lx + row * in.wx;
   T* gly = grad_ly + row * in.wy;
   if (isnan(rs[0])) {  // invalid inputs: counted in the forward, no gradient
@@ -336,7 +329,7 @@ __global__ void logits_backward_kernel(LogitsInputs<T> in, int64_t rows, T log_f
     return;
   }
   const auto tx = in.target(row, 0), ty = in.target(row, 1);
-  const LogNormalisers<T> lx{rs[0], rs[1]}, ly{rs[2], rs[3]};
+  const auto lx = LogNormalisers<T>::load(rs), ly = LogNormalisers<T>::load(rs + LogNormalisers<T>::kCount);
   const T grad_s = grad_loss[row] * weight_at(in.weight, row) *
                    nll_with_floor_grad(row_log_likelihood(lx, ly, tx.sigma), log_floor);
   const auto gx = axis_backward(in.logits_x + row * in.wx, in.x_bins, in.wx, tx, lx, grad_s, glx);
@@ -375,7 +368,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> mlecc_from_logits_cuda(
   const auto weight = contiguous_optional(weight_in);
   const int64_t n_inst = logits_x.size(0), k = logits_x.size(1), rows = n_inst * k;
   auto loss = at::empty({n_inst, k}, logits_x.options());
-  auto stats = at::empty({n_inst, k, 4}, logits_x.options());
+  auto stats = at::empty({n_inst, k, kRowStats}, logits_x.options());
   auto num_invalid = at::zeros({}, logits_x.options().dtype(at::kLong));
   if (rows == 0) return {loss, num_invalid, stats};
   AT_DISPATCH_FLOATING_TYPES(logits_x.scalar_type(), "mlecc_loss_from_logits_cuda", [&] {
@@ -396,9 +389,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> mlecc_from_logits_bac
   check_mlecc_from_logits_args(logits_x, logits_y, keypoints, bbox_cs, sigmas, areas, weight_in, x_bins, y_bins,
                                floor);
   check_mlecc_grad_arg(grad_loss_in, logits_x);
-  TORCH_CHECK(row_stats_in.sizes() == at::IntArrayRef({logits_x.size(0), logits_x.size(1), 4}) &&
-                  row_stats_in.scalar_type() == logits_x.scalar_type(),
-              "mlecc_loss: row_stats must be the [N, K, 4] output of mlecc_loss_from_logits");
+  check_mlecc_row_stats_arg(row_stats_in, logits_x);
   const c10::cuda::CUDAGuard guard(logits_x.device());
   const auto t = contiguous_all({logits_x, logits_y, keypoints, bbox_cs, sigmas, areas, x_bins, y_bins});
   const auto weight = contiguous_optional(weight_in);

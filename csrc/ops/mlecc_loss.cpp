@@ -1,6 +1,8 @@
 // Schemas of the log-space MLECC loss (RTMO's DCC loss) and the argument checks shared by devices.
 #include "ops/mlecc_loss.h"
 
+#include "common/mlecc_math.h"
+
 #include <torch/library.h>
 
 #include <cmath>
@@ -88,6 +90,12 @@ void check_mlecc_from_logits_args(const at::Tensor& logits_x, const at::Tensor& 
   check_floor(floor);
 }
 
+void check_mlecc_row_stats_arg(const at::Tensor& row_stats, const at::Tensor& logits_x) {
+  check_float_tensor(row_stats, "row_stats", logits_x, 3);
+  check_shape(row_stats, "row_stats (the third output of mlecc_loss_from_logits)",
+              {logits_x.size(0), logits_x.size(1), mlecc::kRowStats});
+}
+
 void check_mlecc_grad_arg(const at::Tensor& grad_loss, const at::Tensor& reference) {
   check_float_tensor(grad_loss, "grad_loss", reference, 2);
   check_shape(grad_loss, "grad_loss", {reference.size(0), reference.size(1)});
@@ -102,8 +110,9 @@ TORCH_LIBRARY_FRAGMENT(fastops, m) {
   m.def("mlecc_loss_from_probs_backward(Tensor grad_loss, Tensor pred_x, Tensor pred_y, "
         "Tensor target_x, Tensor target_y, Tensor? weight, float floor) "
         "-> (Tensor grad_pred_x, Tensor grad_pred_y, Tensor grad_target_x, Tensor grad_target_y)");
-  // row_stats [N,K,4]: per axis the log-normalisers log(sum e^z + eps) and log(sum e^z t),
-  // saved for the backward (NaN on rows with invalid inputs).
+  // row_stats [N,K,6]: per axis the largest clamped logit and the log-normalisers of the
+  // softmax and of p*t relative to it (common/mlecc_math.h), saved for the backward; NaN on
+  // rows with invalid inputs.
   m.def("mlecc_loss_from_logits(Tensor logits_x, Tensor logits_y, Tensor keypoints, Tensor bbox_cs, "
         "Tensor sigmas, Tensor areas, Tensor? weight, Tensor x_bins, Tensor y_bins, float floor) "
         "-> (Tensor loss, Tensor num_invalid, Tensor row_stats)");

@@ -18,6 +18,9 @@ void check_mlecc_from_logits_args(const at::Tensor& logits_x, const at::Tensor& 
                                   const std::optional<at::Tensor>& weight, const at::Tensor& x_bins,
                                   const at::Tensor& y_bins, double floor);
 
+// row_stats [N,K,kRowStats], the forward's third output, for the from_logits backward.
+void check_mlecc_row_stats_arg(const at::Tensor& row_stats, const at::Tensor& logits_x);
+
 // grad_loss [N,K] for the backward ops.
 void check_mlecc_grad_arg(const at::Tensor& grad_loss, const at::Tensor& reference);
 

@@ -77,8 +77,10 @@ def mlecc_loss_from_logits(logits_x, logits_y, keypoints, bbox_cs, sigmas, areas
         areas: ``[N]`` ground-truth instance areas (no gradient).
         weight: optional ``[N, K]`` per-keypoint weight (no gradient).
         floor: ``>= 0``; ``1e-4`` reproduces stock, ``0`` gives the pure log-likelihood.
-        x_bins, y_bins: base bins ``[Wx]``/``[Wy]``; default ``linspace(-0.5, 0.5, W)`` (DCC's
-            buffers; pass ``dcc.x_bins``/``dcc.y_bins`` to share them).
+        x_bins, y_bins: base bins ``[Wx]``/``[Wy]``; default ``linspace(-0.5, 0.5, W)``. Pass
+            DCC's buffers ``dcc.x_bins``/``dcc.y_bins`` for bit-exact stock targets, in particular
+            under ``torch.compile``: inductor's ``linspace`` differs from eager's in the last bit
+            of about half the bins, which moves a sigma=1e-3 target by ~1e-4 relative.
 
     Returns:
         ``(loss [N, K], num_invalid [] int64)``; the loss can be negative (density, not
@@ -166,7 +168,7 @@ def _(grad_loss, pred_x, pred_y, target_x, target_y, weight, floor):
 def _(logits_x, logits_y, keypoints, bbox_cs, sigmas, areas, weight, x_bins, y_bins, floor):
     n, k = logits_x.shape[:2]
     return (logits_x.new_empty((n, k)), logits_x.new_empty((), dtype=torch.int64),
-            logits_x.new_empty((n, k, 4)))
+            logits_x.new_empty((n, k, 6)))
 
 
 @torch.library.register_fake("fastops::mlecc_loss_from_logits_backward")
@@ -194,8 +196,10 @@ def _probs_backward(ctx, grad_loss, _grad_num_invalid):
 
 def _logits_setup_context(ctx, inputs, output):
     logits_x, logits_y, keypoints, bbox_cs, sigmas, areas, weight, x_bins, y_bins, floor = inputs
+    row_stats = output[2]
+    ctx.mark_non_differentiable(row_stats)
     ctx.save_for_backward(logits_x, logits_y, keypoints, bbox_cs, sigmas, areas, weight, x_bins,
-                          y_bins, output[2])
+                          y_bins, row_stats)
     ctx.floor = floor
 
 

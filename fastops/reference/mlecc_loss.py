@@ -90,24 +90,35 @@ def mlecc_loss_from_probs(pred_x, pred_y, target_x, target_y, weight=None, floor
     return _neg_log_likelihood(log_likelihood, weight, floor)
 
 
-def _axis_log_likelihood(logits, keypoint, bins, area_scale, sigma):
-    """log sum_i p_i t_i with log p = log_softmax (stock eps) and log t the Laplace log-density."""
-    logits = logits.clamp(min=-LOGIT_CLAMP, max=LOGIT_CLAMP)
+def _axis_log_likelihood(logits, keypoint, bins, area_scale, sigma, compute_dtype):
+    """log sum_i p_i t_i with log p = log_softmax (stock eps) and log t the Laplace log-density.
+
+    The exponents -|g - b| / a' / s' / 2 are rounded in the inputs' dtype, as stock rounds them;
+    the log-sum-exps run in ``compute_dtype``.
+    """
+    exponent = -(torch.abs(keypoint.unsqueeze(-1) - bins.unsqueeze(1)) / area_scale / sigma.unsqueeze(-1)) / 2
+    logits = logits.clamp(min=-LOGIT_CLAMP, max=LOGIT_CLAMP).to(compute_dtype)
     z_max = logits.max(dim=-1, keepdim=True).values.detach()
     log_softmax_denominator = z_max + torch.log((logits - z_max).exp().sum(-1, keepdim=True) + SOFTMAX_EPS)
-    exponent = -(torch.abs(keypoint.unsqueeze(-1) - bins.unsqueeze(1)) / area_scale / sigma.unsqueeze(-1)) / 2
-    joint = torch.logsumexp(logits + exponent, dim=-1)
-    return joint - log_softmax_denominator.squeeze(-1) - torch.log(sigma)
+    joint = torch.logsumexp(logits + exponent.to(compute_dtype), dim=-1)
+    return joint - log_softmax_denominator.squeeze(-1) - torch.log(sigma.to(compute_dtype))
 
 
 def mlecc_loss_from_logits(logits_x, logits_y, keypoints, bbox_cs, sigmas, areas, weight=None,
-                           floor=STOCK_FLOOR, x_bins=None, y_bins=None):
-    """Contract of ``fastops.mlecc_loss_from_logits`` in log space (no heatmap underflow)."""
+                           floor=STOCK_FLOOR, x_bins=None, y_bins=None, compute_dtype=None):
+    """Contract of ``fastops.mlecc_loss_from_logits`` in log space (no heatmap underflow).
+
+    ``compute_dtype`` (default: the inputs' dtype) is the precision of everything after the
+    Laplace exponents, e.g. float64 to evaluate float32 inputs exactly.
+    """
+    compute_dtype = compute_dtype or logits_x.dtype
     x_bins = base_bins(logits_x.shape[-1], logits_x) if x_bins is None else x_bins
     y_bins = base_bins(logits_y.shape[-1], logits_y) if y_bins is None else y_bins
     bins_x, bins_y = axis_bins(bbox_cs, x_bins, y_bins)
     area_scale = areas.pow(0.5).clip(min=1).reshape(-1, 1, 1)
     sigma = sigmas.clip(min=SIGMA_MIN)
-    log_likelihood = (_axis_log_likelihood(logits_x, keypoints[..., 0], bins_x, area_scale, sigma)
-                      + _axis_log_likelihood(logits_y, keypoints[..., 1], bins_y, area_scale, sigma))
+    log_likelihood = (
+        _axis_log_likelihood(logits_x, keypoints[..., 0], bins_x, area_scale, sigma, compute_dtype)
+        + _axis_log_likelihood(logits_y, keypoints[..., 1], bins_y, area_scale, sigma, compute_dtype))
+    weight = None if weight is None else weight.to(compute_dtype)
     return _neg_log_likelihood(log_likelihood, weight, floor)
