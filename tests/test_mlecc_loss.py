@@ -354,3 +354,109 @@ def test_cuda_matches_cpu(dtype, n):
     loss_cpu, _ = fastops.mlecc_loss_from_probs(*probs)
     loss_cuda, _ = fastops.mlecc_loss_from_probs(*[p.cuda() for p in probs])
     torch.testing.assert_close(loss_cuda.cpu(), loss_cpu, **tol)
+
+
+# --------------------------------------------------------------------------- mmpose drop-in
+
+
+@pytest.fixture(scope="module")
+def mm():
+    """mmpose's own DCC (softmax, bins, target generation) and the registry with LogMLECCLoss."""
+    pytest.importorskip("mmpose")
+    from mmpose.models.heads.hybrid_heads.rtmo_head import DCC
+    from mmpose.registry import MODELS
+
+    import fastops.mm  # noqa: F401  (registers LogMLECCLoss)
+    # gau_cfg as in RTMO's configs (DCC's own default passes an argument GAUEncoder rejects).
+    gau_cfg = dict(s=128, expansion_factor=2, dropout_rate=0.0, drop_path=0.0, act_fn="SiLU", pos_enc="add")
+    dcc = DCC(in_channels=8, num_keypoints=K, feat_channels=8, num_bins=BINS, gau_cfg=gau_cfg)
+    return dcc, MODELS
+
+
+def mmpose_pieces(dcc, case):
+    probs = dcc._apply_softmax(case["logits_x"], case["logits_y"])
+    targets = dcc.generate_target_heatmap(case["keypoints"], case["bbox_cs"], case["sigmas"], case["areas"])
+    return probs, targets
+
+
+@pytest.mark.parametrize("n,seed", [(64, 20), (512, 21)])
+def test_fused_matches_mmpose_rtmo_loss(mm, n, seed):
+    """Fused op vs RTMOHead's loss_mle path: DCC softmax + DCC targets + mmpose MLECCLoss."""
+    dcc, models = mm
+    stock_module = models.build(dict(type="MLECCLoss", use_target_weight=True))
+    case = with_grad(rtmo_case(n, seed))
+    stock = stock_module(*mmpose_pieces(dcc, case), case["weight"])
+    stock_grads = torch.autograd.grad(stock.sum(), [case[name] for name in GRAD_NAMES])
+    case = with_grad(rtmo_case(n, seed))
+    loss, num_invalid = fastops.mlecc_loss_from_logits(**case, x_bins=dcc.x_bins, y_bins=dcc.y_bins)
+    fused = loss.mean(1)  # MLECCLoss(reduction='mean') per instance
+    fused_grads = torch.autograd.grad(fused.sum(), [case[name] for name in GRAD_NAMES])
+    assert int(num_invalid) == 0 and torch.isfinite(stock).all()
+    torch.testing.assert_close(fused, stock, rtol=1e-5, atol=1e-6)
+    assert_grads_close(dict(zip(GRAD_NAMES, fused_grads)), dict(zip(GRAD_NAMES, stock_grads)))
+
+
+@pytest.mark.parametrize("mode", ["log", "linear", "square"])
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("use_target_weight", [True, False])
+def test_log_mlecc_module_matches_mmpose(mm, mode, reduction, use_target_weight):
+    dcc, models = mm
+    cfg = dict(mode=mode, reduction=reduction, use_target_weight=use_target_weight, loss_weight=0.7)
+    case = rtmo_case(32, 22)
+    results = []
+    for loss_type in ("MLECCLoss", "LogMLECCLoss"):
+        inputs = with_grad(case)
+        loss = models.build(dict(type=loss_type, **cfg))(*mmpose_pieces(dcc, inputs), inputs["weight"])
+        grads = torch.autograd.grad(loss.sum(), [inputs[name] for name in GRAD_NAMES])
+        results.append((loss, dict(zip(GRAD_NAMES, grads))))
+    (stock, stock_grads), (ours, our_grads) = results
+    assert ours.shape == stock.shape
+    torch.testing.assert_close(ours, stock, rtol=1e-5, atol=1e-5)
+    assert_grads_close(our_grads, stock_grads)
+
+
+def test_log_mlecc_counts_nonfinite_in_message_hub(mm):
+    from mmengine.logging import MessageHub
+    dcc, models = mm
+    module = models.build(dict(type="LogMLECCLoss", use_target_weight=True))
+    (pred_x, pred_y), targets = mmpose_pieces(dcc, rtmo_case(8, 23))
+    pred_x = pred_x.clone()
+    pred_x[4, 2, 7] = float("nan")
+    loss = module((pred_x, pred_y), targets, torch.ones(8, K))
+    hub = MessageHub.get_current_instance()
+    assert hub.get_scalar("train/mlecc_nonfinite").current() == 1
+    assert torch.isfinite(loss).all()
+    fastops.set_debug(True)
+    try:
+        with pytest.raises(ValueError, match=r"pred_x .*instance 4, keypoint 2"):
+            module((pred_x, pred_y), targets, torch.ones(8, K))
+    finally:
+        fastops.set_debug(False)
+
+
+def test_log_mlecc_survives_stock_fp16_overflow(mm):
+    """fp16 heatmaps with sigma = 1e-3: the stock product of axes exceeds 65504 and its loss is -inf."""
+    dcc, models = mm
+    case = rtmo_case(16, 24)
+    case["sigmas"] = torch.full_like(case["sigmas"], 1e-3)
+    for name in ("logits_x", "logits_y"):
+        case[name] = case[name] * 4  # confident, correct predictions
+    probs, targets = mmpose_pieces(dcc, case)
+    half = [t.half() for t in (*probs, *targets)]
+    stock = models.build(dict(type="MLECCLoss", reduction="none"))(half[:2], half[2:])
+    assert not torch.isfinite(stock).all()
+    ours = models.build(dict(type="LogMLECCLoss", reduction="none"))(half[:2], half[2:])
+    expected = ref.mlecc_loss_from_probs(*[t.double() for t in half])
+    assert torch.isfinite(ours).all()
+    torch.testing.assert_close(ours.double(), expected, rtol=1e-6, atol=1e-6)
+
+
+def test_log_mlecc_floor_zero_is_pure_likelihood(mm):
+    dcc, models = mm
+    probs, targets = mmpose_pieces(dcc, far_keypoints_case())
+    stock = models.build(dict(type="MLECCLoss", reduction="none"))(probs, targets)
+    pure = models.build(dict(type="LogMLECCLoss", reduction="none", floor=0.0))(probs, targets)
+    torch.testing.assert_close(stock, torch.full_like(stock, -math.log(STOCK_FLOOR)))
+    expected = ref.mlecc_loss_from_probs(*[t.double() for t in (*probs, *targets)], floor=0.0)
+    assert (pure > 100).all()
+    torch.testing.assert_close(pure.double(), expected, rtol=1e-6, atol=0)
