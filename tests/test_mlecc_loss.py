@@ -12,27 +12,7 @@ BINS = (192, 256)
 STOCK_FLOOR = 1e-4
 
 
-def rtmo_case(n, seed, dtype=torch.float32, k=K, bins=BINS):
-    """Random RTMO-shaped inputs: padded bbox (center, scale), keypoints inside the box, sigmas
-    log-uniform in [1e-3, 0.1], logits with a peak near the keypoint (as a trained DCC has)."""
-    g = torch.Generator().manual_seed(seed)
-    wh = torch.rand(n, 2, generator=g) * 300 + 20
-    centers = torch.rand(n, 2, generator=g) * 600 + 20
-    bbox_cs = torch.cat([centers, wh * 1.25], 1)
-    keypoints = centers[:, None] + (torch.rand(n, k, 2, generator=g) - 0.5) * wh[:, None]
-    sigmas = 10 ** (torch.rand(n, k, generator=g) * 2 - 3)
-    areas = wh.prod(1)
-    x_bins, y_bins = (torch.linspace(-0.5, 0.5, w) for w in bins)
-    bins_x, bins_y = ref.axis_bins(bbox_cs, x_bins, y_bins)
-    logits = []
-    for axis, axis_bins in ((0, bins_x), (1, bins_y)):
-        offset = (axis_bins[:, None, :] - keypoints[..., axis:axis + 1]) / (0.05 * wh[:, None, axis:axis + 1])
-        noise = torch.randn(n, k, axis_bins.shape[-1], generator=g) * 2
-        logits.append(noise + 8 * torch.exp(-offset ** 2))
-    weight = (torch.rand(n, k, generator=g) > 0.2).float()
-    case = dict(logits_x=logits[0], logits_y=logits[1], keypoints=keypoints, bbox_cs=bbox_cs,
-                sigmas=sigmas, areas=areas, weight=weight)
-    return {name: t.to(dtype) for name, t in case.items()}
+rtmo_case = ref.random_rtmo_case
 
 
 def with_grad(case):

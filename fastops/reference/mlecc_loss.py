@@ -122,3 +122,27 @@ def mlecc_loss_from_logits(logits_x, logits_y, keypoints, bbox_cs, sigmas, areas
         + _axis_log_likelihood(logits_y, keypoints[..., 1], bins_y, area_scale, sigma, compute_dtype))
     weight = None if weight is None else weight.to(compute_dtype)
     return _neg_log_likelihood(log_likelihood, weight, floor)
+
+
+def random_rtmo_case(n, seed, dtype=torch.float32, k=17, bins=(192, 256)):
+    """Random RTMO-shaped keyword arguments of ``mlecc_loss_from_logits`` (tests, benches):
+    padded bbox (center, scale), keypoints inside the box, sigmas log-uniform in [1e-3, 0.1],
+    visibility weights, and logits with a peak near the keypoint (as a trained DCC has)."""
+    g = torch.Generator().manual_seed(seed)
+    wh = torch.rand(n, 2, generator=g) * 300 + 20
+    centers = torch.rand(n, 2, generator=g) * 600 + 20
+    bbox_cs = torch.cat([centers, wh * 1.25], 1)
+    keypoints = centers[:, None] + (torch.rand(n, k, 2, generator=g) - 0.5) * wh[:, None]
+    sigmas = 10 ** (torch.rand(n, k, generator=g) * 2 - 3)
+    areas = wh.prod(1)
+    x_bins, y_bins = (torch.linspace(-0.5, 0.5, w) for w in bins)
+    bins_x, bins_y = axis_bins(bbox_cs, x_bins, y_bins)
+    logits = []
+    for axis, bin_positions in ((0, bins_x), (1, bins_y)):
+        offset = (bin_positions[:, None, :] - keypoints[..., axis:axis + 1]) / (0.05 * wh[:, None, axis:axis + 1])
+        noise = torch.randn(n, k, bin_positions.shape[-1], generator=g) * 2
+        logits.append(noise + 8 * torch.exp(-offset ** 2))
+    weight = (torch.rand(n, k, generator=g) > 0.2).float()
+    case = dict(logits_x=logits[0], logits_y=logits[1], keypoints=keypoints, bbox_cs=bbox_cs,
+                sigmas=sigmas, areas=areas, weight=weight)
+    return {name: t.to(dtype) for name, t in case.items()}
