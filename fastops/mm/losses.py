@@ -7,11 +7,10 @@ from mmdet.registry import MODELS as MMDET_MODELS
 from mmengine.logging import MessageHub, print_log
 from mmpose.registry import MODELS as MMPOSE_MODELS
 
+import fastops
 from fastops.ops.mlecc_loss import mlecc_loss_from_probs
 from fastops.ops.safe_cross_entropy import CLAMP_GRAD_MODES, safe_cross_entropy, safe_sigmoid_cross_entropy
 from fastops.reference.mlecc_loss import reduce_mlecc
-import fastops
-
 
 
 @MMDET_MODELS.register_module()
