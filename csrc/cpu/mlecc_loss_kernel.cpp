@@ -16,6 +16,9 @@
 
 #if defined(__x86_64__) && defined(__GNUC__)
 #include <immintrin.h>
+#define FASTOPS_HAS_AVX2 1
+#else
+#define FASTOPS_HAS_AVX2 0
 #endif
 
 #include "common/mlecc_math.h"
@@ -35,14 +38,6 @@ bool all_finite(const T* values, int64_t count) {
   return finite;
 }
 
-// Probabilities and densities must be finite and non-negative.
-template <typename T>
-bool all_nonnegative_finite(const T* values, int64_t count) {
-  bool ok = true;
-  for (int64_t i = 0; i < count; ++i) ok &= values[i] >= T(0) && values[i] <= std::numeric_limits<T>::max();
-  return ok;
-}
-
 template <typename T>
 T weight_at(const T* weight, int64_t row) {
   return weight == nullptr ? T(1) : weight[row];
@@ -52,16 +47,156 @@ const void* optional_data(const std::optional<at::Tensor>& t) {
   return t.has_value() ? t->data_ptr() : nullptr;
 }
 
+// ---------------------------------------------------------------- AVX2 + FMA helpers
+// Float rows take these paths when the CPU has AVX2 and FMA (checked at run time); the build
+// itself stays baseline x86-64. Double rows (gradcheck) stay scalar.
+#if FASTOPS_HAS_AVX2
+#define FASTOPS_AVX2 __attribute__((target("avx2,fma")))
+
+bool cpu_has_avx2_fma() {
+  static const bool supported = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  return supported;
+}
+
+// exp(x) for x <= 88, Cephes single-precision polynomial (about 1 ulp): exp(x) = 2^n exp(r),
+// n = round(x / ln 2), r = x - n ln 2. Inputs below -87.3 return 2^-126 (callers only sum such
+// terms next to a term equal to 1, or mask them out).
+FASTOPS_AVX2 inline __m256 exp256(__m256 x) {
+  x = _mm256_max_ps(_mm256_min_ps(x, _mm256_set1_ps(88.3762626647949f)), _mm256_set1_ps(-87.3365478515625f));
+  const __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
+                                   _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
+  r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
+  __m256 y = _mm256_set1_ps(1.9875691500e-4f);
+  y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(1.3981999507e-3f));
+  y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(8.3334519073e-3f));
+  y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(4.1665795894e-2f));
+  y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(1.6666665459e-1f));
+  y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(5.0000001201e-1f));
+  y = _mm256_fmadd_ps(y, _mm256_mul_ps(r, r), _mm256_add_ps(r, _mm256_set1_ps(1.0f)));
+  const __m256i pow2n = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+  return _mm256_mul_ps(y, _mm256_castsi256_ps(pow2n));
+}
+
+FASTOPS_AVX2 inline float hsum256(__m256 v) {
+  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  s = _mm_add_ss(s, _mm_movehdup_ps(s));
+  return _mm_cvtss_f32(s);
+}
+
+FASTOPS_AVX2 inline float hmax256(__m256 v) {
+  __m128 s = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  s = _mm_max_ps(s, _mm_movehl_ps(s, s));
+  s = _mm_max_ss(s, _mm_movehdup_ps(s));
+  return _mm_cvtss_f32(s);
+}
+
+// Lanes [i, min(i + 8, count)) of a row.
+FASTOPS_AVX2 inline __m256i lane_mask(int64_t i, int64_t count) {
+  const __m256i lanes = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+  return _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(std::min<int64_t>(count - i, 8))), lanes);
+}
+#else
+bool cpu_has_avx2_fma() { return false; }
+#endif  // FASTOPS_HAS_AVX2
+
 // ---------------------------------------------------------------- from probabilities
 
-// Dot product in double: a product of two fp32 values lies in [1e-90, 1.2e77], far inside
-// double's range, so sum_i p_i t_i never underflows or overflows.
+// sum_i a_i b_i accumulated in double (a product of two fp32 values lies in [1e-90, 1.2e77], far
+// inside double's range, so it never underflows or overflows), and whether every a_i and b_i
+// is finite and non-negative.
+struct CheckedDot {
+  double sum;
+  bool valid;
+};
+
 template <typename T>
-double dot_double(const T* a, const T* b, int64_t count) {
+CheckedDot checked_dot(const T* a, const T* b, int64_t count) {
   double sum = 0.0;
-  for (int64_t i = 0; i < count; ++i) sum += static_cast<double>(a[i]) * static_cast<double>(b[i]);
-  return sum;
+  bool valid = true;
+  for (int64_t i = 0; i < count; ++i) {
+    valid &= a[i] >= T(0) && a[i] <= std::numeric_limits<T>::max() && b[i] >= T(0) &&
+             b[i] <= std::numeric_limits<T>::max();
+    sum += static_cast<double>(a[i]) * static_cast<double>(b[i]);
+  }
+  return {sum, valid};
 }
+
+// d loss / d p_i = scale * t_i and d loss / d t_i = scale * p_i for one axis row.
+template <typename T>
+void write_probs_grads(const T* p, const T* t, T* grad_p, T* grad_t, int64_t count, double scale) {
+  for (int64_t i = 0; i < count; ++i) {
+    grad_p[i] = static_cast<T>(scale * static_cast<double>(t[i]));
+    grad_t[i] = static_cast<T>(scale * static_cast<double>(p[i]));
+  }
+}
+
+#if FASTOPS_HAS_AVX2
+FASTOPS_AVX2 inline __m256d widen_lo(__m256 v) { return _mm256_cvtps_pd(_mm256_castps256_ps128(v)); }
+FASTOPS_AVX2 inline __m256d widen_hi(__m256 v) { return _mm256_cvtps_pd(_mm256_extractf128_ps(v, 1)); }
+
+FASTOPS_AVX2 inline __m256 narrow(__m256d lo, __m256d hi) {
+  return _mm256_set_m128(_mm256_cvtpd_ps(hi), _mm256_cvtpd_ps(lo));
+}
+
+FASTOPS_AVX2 inline __m256 nonnegative_finite(__m256 v) {
+  return _mm256_and_ps(_mm256_cmp_ps(v, _mm256_setzero_ps(), _CMP_GE_OQ),
+                       _mm256_cmp_ps(v, _mm256_set1_ps(std::numeric_limits<float>::max()), _CMP_LE_OQ));
+}
+
+FASTOPS_AVX2 CheckedDot checked_dot_avx2(const float* a, const float* b, int64_t count) {
+  __m256d sum_lo = _mm256_setzero_pd(), sum_hi = _mm256_setzero_pd();
+  __m256 ok = _mm256_castsi256_ps(_mm256_set1_epi32(-1));
+  for (int64_t i = 0; i < count; i += 8) {
+    const __m256i mask = lane_mask(i, count);  // masked lanes load 0: valid, no contribution
+    const __m256 va = _mm256_maskload_ps(a + i, mask), vb = _mm256_maskload_ps(b + i, mask);
+    ok = _mm256_and_ps(ok, _mm256_and_ps(nonnegative_finite(va), nonnegative_finite(vb)));
+    sum_lo = _mm256_fmadd_pd(widen_lo(va), widen_lo(vb), sum_lo);
+    sum_hi = _mm256_fmadd_pd(widen_hi(va), widen_hi(vb), sum_hi);
+  }
+  const __m256d sum = _mm256_add_pd(sum_lo, sum_hi);
+  const __m128d half = _mm_add_pd(_mm256_castpd256_pd128(sum), _mm256_extractf128_pd(sum, 1));
+  return {_mm_cvtsd_f64(_mm_add_sd(half, _mm_unpackhi_pd(half, half))), _mm256_movemask_ps(ok) == 0xff};
+}
+
+FASTOPS_AVX2 void write_probs_grads_avx2(const float* p, const float* t, float* grad_p, float* grad_t,
+                                         int64_t count, double scale) {
+  const __m256d s = _mm256_set1_pd(scale);
+  for (int64_t i = 0; i < count; i += 8) {
+    const __m256i mask = lane_mask(i, count);
+    const __m256 vp = _mm256_maskload_ps(p + i, mask), vt = _mm256_maskload_ps(t + i, mask);
+    _mm256_maskstore_ps(grad_p + i, mask, narrow(_mm256_mul_pd(s, widen_lo(vt)), _mm256_mul_pd(s, widen_hi(vt))));
+    _mm256_maskstore_ps(grad_t + i, mask, narrow(_mm256_mul_pd(s, widen_lo(vp)), _mm256_mul_pd(s, widen_hi(vp))));
+  }
+}
+#endif  // FASTOPS_HAS_AVX2
+
+template <typename T>
+CheckedDot checked_dot_dispatch(const T* a, const T* b, int64_t count) {
+#if FASTOPS_HAS_AVX2
+  if constexpr (std::is_same_v<T, float>) {
+    if (cpu_has_avx2_fma()) return checked_dot_avx2(a, b, count);
+  }
+#endif
+  return checked_dot(a, b, count);
+}
+
+template <typename T>
+void write_probs_grads_dispatch(const T* p, const T* t, T* grad_p, T* grad_t, int64_t count, double scale) {
+#if FASTOPS_HAS_AVX2
+  if constexpr (std::is_same_v<T, float>) {
+    if (cpu_has_avx2_fma()) return write_probs_grads_avx2(p, t, grad_p, grad_t, count, scale);
+  }
+#endif
+  write_probs_grads(p, t, grad_p, grad_t, count, scale);
+}
+
+// log S_x, log S_y of one row, and whether its inputs are valid.
+struct RowLogSums {
+  double x, y;
+  bool valid;
+};
 
 template <typename T>
 struct ProbsRows {
@@ -72,13 +207,11 @@ struct ProbsRows {
   const T* weight;
   int64_t wx, wy;
 
-  bool valid(int64_t row) const {
-    return all_nonnegative_finite(pred_x + row * wx, wx) && all_nonnegative_finite(target_x + row * wx, wx) &&
-           all_nonnegative_finite(pred_y + row * wy, wy) && all_nonnegative_finite(target_y + row * wy, wy) &&
-           std::isfinite(weight_at(weight, row));
+  RowLogSums log_sums(int64_t row) const {
+    const auto dx = checked_dot_dispatch(pred_x + row * wx, target_x + row * wx, wx);
+    const auto dy = checked_dot_dispatch(pred_y + row * wy, target_y + row * wy, wy);
+    return {std::log(dx.sum), std::log(dy.sum), dx.valid && dy.valid && std::isfinite(weight_at(weight, row))};
   }
-  double log_sum_x(int64_t row) const { return std::log(dot_double(pred_x + row * wx, target_x + row * wx, wx)); }
-  double log_sum_y(int64_t row) const { return std::log(dot_double(pred_y + row * wy, target_y + row * wy, wy)); }
 };
 
 template <typename T>
@@ -107,12 +240,13 @@ std::tuple<at::Tensor, at::Tensor> mlecc_from_probs_cpu(const at::Tensor& pred_x
         0, rows, 64, int64_t(0),
         [&](int64_t begin, int64_t end, int64_t count) {
           for (int64_t row = begin; row < end; ++row) {
-            if (!in.valid(row)) {
+            const auto sums = in.log_sums(row);
+            if (!sums.valid) {
               out[row] = scalar_t(0);
               ++count;
               continue;
             }
-            const double s = in.log_sum_x(row) + in.log_sum_y(row);
+            const double s = sums.x + sums.y;
             out[row] = static_cast<scalar_t>(weight_at(in.weight, row) * nll_with_floor(s, log_floor));
           }
           return count;
@@ -143,28 +277,20 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> mlecc_from_probs_back
     scalar_t* gpy = grad_py.data_ptr<scalar_t>();
     scalar_t* gtx = grad_tx.data_ptr<scalar_t>();
     scalar_t* gty = grad_ty.data_ptr<scalar_t>();
-    // Scales one axis: d loss / d p_i = scale * t_i and d loss / d t_i = scale * p_i.
-    auto write_axis = [](const scalar_t* p, const scalar_t* t, scalar_t* gp, scalar_t* gt, int64_t count,
-                         double scale) {
-      for (int64_t i = 0; i < count; ++i) {
-        gp[i] = static_cast<scalar_t>(scale * static_cast<double>(t[i]));
-        gt[i] = static_cast<scalar_t>(scale * static_cast<double>(p[i]));
-      }
-    };
     at::parallel_for(0, rows, 64, [&](int64_t begin, int64_t end) {
       for (int64_t row = begin; row < end; ++row) {
         const int64_t ox = row * in.wx, oy = row * in.wy;
         double scale_x = 0.0, scale_y = 0.0;
-        if (in.valid(row)) {
+        const auto sums = in.log_sums(row);
+        if (sums.valid) {
           // d/dS_x of -log(S_x S_y + floor) = -S_y / (S_x S_y + floor) = -exp(log S_y - lae).
-          const double log_x = in.log_sum_x(row), log_y = in.log_sum_y(row);
-          const double lae = log_add_exp(log_x + log_y, log_floor);
+          const double lae = log_add_exp(sums.x + sums.y, log_floor);
           const double upstream = -static_cast<double>(go[row]) * weight_at(in.weight, row);
-          scale_x = upstream * std::exp(log_y - lae);
-          scale_y = upstream * std::exp(log_x - lae);
+          scale_x = upstream * std::exp(sums.y - lae);
+          scale_y = upstream * std::exp(sums.x - lae);
         }
-        write_axis(in.pred_x + ox, in.target_x + ox, gpx + ox, gtx + ox, in.wx, scale_x);
-        write_axis(in.pred_y + oy, in.target_y + oy, gpy + oy, gty + oy, in.wy, scale_y);
+        write_probs_grads_dispatch(in.pred_x + ox, in.target_x + ox, gpx + ox, gtx + ox, in.wx, scale_x);
+        write_probs_grads_dispatch(in.pred_y + oy, in.target_y + oy, gpy + oy, gty + oy, in.wy, scale_y);
       }
     });
   });
@@ -237,58 +363,7 @@ AxisGrads<T> axis_backward(const AxisRow<T>& row, const LogNormalisers<T>& lse, 
   return {sum_rq * half_inv_sigma - T(1) / tgt.sigma, sum_rs * bin_scale, sum_rls * bin_scale};
 }
 
-#if defined(__x86_64__) && defined(__GNUC__)
-// ------------------------------------------------------------ float rows with AVX2 + FMA
-// Chosen at run time (cpu_has_avx2_fma); the build itself stays baseline x86-64. Bin positions
-// and distances use separate, correctly rounded mul/add/div as the stock graph does; only the
-// exp polynomial uses FMA.
-#define FASTOPS_AVX2 __attribute__((target("avx2,fma")))
-
-bool cpu_has_avx2_fma() {
-  static const bool supported = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-  return supported;
-}
-
-// exp(x) for x <= 88, Cephes single-precision polynomial (about 1 ulp): exp(x) = 2^n exp(r),
-// n = round(x / ln 2), r = x - n ln 2. Inputs below -87.3 return 2^-126 (callers only sum such
-// terms next to a term equal to 1, or mask them out).
-FASTOPS_AVX2 inline __m256 exp256(__m256 x) {
-  x = _mm256_max_ps(_mm256_min_ps(x, _mm256_set1_ps(88.3762626647949f)), _mm256_set1_ps(-87.3365478515625f));
-  const __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
-                                   _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
-  r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
-  __m256 y = _mm256_set1_ps(1.9875691500e-4f);
-  y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(1.3981999507e-3f));
-  y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(8.3334519073e-3f));
-  y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(4.1665795894e-2f));
-  y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(1.6666665459e-1f));
-  y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(5.0000001201e-1f));
-  y = _mm256_fmadd_ps(y, _mm256_mul_ps(r, r), _mm256_add_ps(r, _mm256_set1_ps(1.0f)));
-  const __m256i pow2n = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
-  return _mm256_mul_ps(y, _mm256_castsi256_ps(pow2n));
-}
-
-FASTOPS_AVX2 inline float hsum256(__m256 v) {
-  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-  s = _mm_add_ss(s, _mm_movehdup_ps(s));
-  return _mm_cvtss_f32(s);
-}
-
-FASTOPS_AVX2 inline float hmax256(__m256 v) {
-  __m128 s = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-  s = _mm_max_ps(s, _mm_movehl_ps(s, s));
-  s = _mm_max_ss(s, _mm_movehdup_ps(s));
-  return _mm_cvtss_f32(s);
-}
-
-// Lanes [i, min(i + 8, count)) of a row.
-FASTOPS_AVX2 inline __m256i lane_mask(int64_t i, int64_t count) {
-  const __m256i lanes = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
-  return _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(std::min<int64_t>(count - i, 8))), lanes);
-}
-
+#if FASTOPS_HAS_AVX2
 // The Laplace target's vector constants of one axis.
 struct LaplaceAxis256 {
   __m256 coord, center, scale, area, sigma;
@@ -374,14 +449,12 @@ FASTOPS_AVX2 AxisGrads<float> axis_backward_avx2(const AxisRow<float>& row, cons
   return {hsum256(sum_rq) * half_inv_sigma - 1.0f / row.target.sigma, hsum256(sum_rs) * bin_scale,
           hsum256(sum_rls) * bin_scale};
 }
-#else
-bool cpu_has_avx2_fma() { return false; }
-#endif
+#endif  // FASTOPS_HAS_AVX2
 
 // Float rows take the AVX2 path where the CPU has it; double rows (gradcheck) stay scalar.
 template <typename T>
 LogNormalisers<T> axis_forward_dispatch(const AxisRow<T>& row, T* exponents) {
-#if defined(__x86_64__) && defined(__GNUC__)
+#if FASTOPS_HAS_AVX2
   if constexpr (std::is_same_v<T, float>) {
     if (cpu_has_avx2_fma()) return axis_forward_avx2(row, exponents);
   }
@@ -391,7 +464,7 @@ LogNormalisers<T> axis_forward_dispatch(const AxisRow<T>& row, T* exponents) {
 
 template <typename T>
 AxisGrads<T> axis_backward_dispatch(const AxisRow<T>& row, const LogNormalisers<T>& lse, T grad_s, T* grad_logits) {
-#if defined(__x86_64__) && defined(__GNUC__)
+#if FASTOPS_HAS_AVX2
   if constexpr (std::is_same_v<T, float>) {
     if (cpu_has_avx2_fma()) return axis_backward_avx2(row, lse, grad_s, grad_logits);
   }
