@@ -1,6 +1,7 @@
 """RTMO-s head and synthetic batches shared by tests/test_fast_rtmo_head.py and
 bench/bench_fast_rtmo_head.py (needs the mm stack)."""
 import copy
+import functools
 
 import torch
 from mmengine.hub import get_config
@@ -18,9 +19,14 @@ STRIDES = (16, 32)
 SWITCHED = {'proxy_target_cc': True, 'loss_mle.loss_weight': 5.0, 'loss_oks.loss_weight': 10.0}
 
 
+@functools.lru_cache(maxsize=1)
+def _packaged_head_cfg() -> dict:
+    return get_config(RTMO_S_CONFIG).model.head.to_dict()
+
+
 def rtmo_s_head_cfg(head_type: str = 'RTMOHead', **overrides) -> dict:
     """The packaged RTMO-s config's head dict as a plain dict, with ``type`` and fields replaced."""
-    head = get_config(RTMO_S_CONFIG).model.head.to_dict()
+    head = copy.deepcopy(_packaged_head_cfg())
     head.update(type=head_type, **overrides)
     return head
 

@@ -70,7 +70,15 @@ class FastRTMOHead(RTMOHead):
     ``loss_oks.loss_weight``) works as with the stock head. Any other MLE loss, or a non-log
     ``mode``, runs the stock heatmap path. With ``proxy_target_cc`` the DCC keypoints are decoded
     from the softmax under ``no_grad`` (they are detached targets in stock too).
+
+    One more CPU-only change, in ``loss()`` only: the neck features go through the head convolutions
+    in channels-last layout (``channels_last_on_cpu``, default True). oneDNN's backward of the
+    pose branch's grouped (groups=8) 3x3 convolutions is several times slower in NCHW than in
+    NHWC on CPU; the results are the same up to float rounding. Set the class attribute to False
+    to time the two changes above alone.
     """
+
+    channels_last_on_cpu = True
 
     def __init__(self, *args, assigner: Optional[dict] = None, **kwargs):
         if assigner is None:
@@ -200,6 +208,8 @@ class FastRTMOHead(RTMOHead):
 
     def _flat_predictions(self, feats: Tuple[Tensor]) -> dict:
         """Head outputs flattened to [B, P, ...], decoded boxes/keypoints, and the priors."""
+        if self.channels_last_on_cpu and feats[0].device.type == 'cpu':
+            feats = tuple(feat.contiguous(memory_format=torch.channels_last) for feat in feats)
         cls_scores, bbox_preds, kpt_offsets, kpt_vis, pose_vecs = self.forward(feats)
         priors = torch.cat(self.prior_generator.grid_priors([score.shape[2:] for score in cls_scores],
                                                             dtype=cls_scores[0].dtype,
