@@ -2,4 +2,4 @@
 
 Load from a config with ``custom_imports = dict(imports=['fastops.mm'], allow_failed_imports=False)``.
 """
-from . import losses  # noqa: F401
+from . import assigners, heads, losses  # noqa: F401

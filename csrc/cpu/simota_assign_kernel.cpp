@@ -1,0 +1,323 @@
+// simota_assign on CPU: parallel over gts for the per-gt work, over images for conflict resolution.
+// No [P,G] matrix is kept: each gt keeps its dynamic-k selection, conflicts recompute their cost row.
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <vector>
+
+#include "ops/simota_assign.h"
+
+namespace fastops {
+namespace {
+
+using simota::ImageData;
+using simota::PairSim;
+using simota::Params;
+
+// The `cap` smallest (key, index) pairs seen, ascending; equal keys keep the lower index.
+class SmallestK {
+ public:
+  explicit SmallestK(int64_t cap) : cap_(cap) {
+    keys_.reserve(cap);
+    idx_.reserve(cap);
+  }
+
+  void push(float key, int64_t idx) {
+    if (cap_ == 0) return;
+    if (size() == cap_ && !before(key, idx, keys_.back(), idx_.back())) return;
+    if (size() < cap_) {
+      keys_.push_back(key);
+      idx_.push_back(idx);
+    }
+    int64_t pos = size() - 1;
+    for (; pos > 0 && before(key, idx, keys_[pos - 1], idx_[pos - 1]); --pos) {
+      keys_[pos] = keys_[pos - 1];
+      idx_[pos] = idx_[pos - 1];
+    }
+    keys_[pos] = key;
+    idx_[pos] = idx;
+  }
+
+  int64_t size() const { return static_cast<int64_t>(keys_.size()); }
+  int64_t capacity() const { return cap_; }
+  float key(int64_t i) const { return keys_[i]; }
+  int64_t index(int64_t i) const { return idx_[i]; }
+
+ private:
+  static bool before(float a, int64_t ia, float b, int64_t ib) { return a < b || (a == b && ia < ib); }
+  int64_t cap_;
+  std::vector<float> keys_;
+  std::vector<int64_t> idx_;
+};
+
+// dynamic_k = max(1, trunc(sum of the candidate_topk largest indicators)), summed largest first
+// in float32 as torch sums the sorted torch.topk output.
+int64_t dynamic_k(const SmallestK& largest_negated, int64_t num_valid) {
+  float total = 0.f;
+  for (int64_t i = 0; i < largest_negated.size(); ++i) total = simota::add(total, -largest_negated.key(i));
+  int64_t k = std::max<int64_t>(1, static_cast<int32_t>(total));
+  return std::min(k, num_valid);
+}
+
+struct Box {
+  float x1, y1, x2, y2;
+};
+
+// What bounds the OKS of gt g from above: the box of its visible keypoints, 1 / (sqrt(area) * 2 max
+// sigma) over them, and the sum of its OKS weights.
+struct GtKeypointExtent {
+  Box visible;
+  double inv_scale;
+  double weight_sum;
+};
+
+GtKeypointExtent gt_keypoint_extent(const ImageData& img, const Params& prm, int64_t g) {
+  GtKeypointExtent ext{{INFINITY, INFINITY, -INFINITY, -INFINITY}, 0.0, 0.0};
+  double max_sigma = 0.0;
+  for (int64_t k = 0; k < prm.K; ++k) {
+    const double w = img.gt_kpt_weight[g * prm.K + k];
+    if (w == 0.0) continue;
+    const float x = img.gt_kpts[(g * prm.K + k) * 2], y = img.gt_kpts[(g * prm.K + k) * 2 + 1];
+    ext.visible = {std::min(ext.visible.x1, x), std::min(ext.visible.y1, y), std::max(ext.visible.x2, x),
+                   std::max(ext.visible.y2, y)};
+    ext.weight_sum += w;
+    max_sigma = std::max(max_sigma, static_cast<double>(img.sigmas[k]));
+  }
+  const double sqrt_area = std::max(std::sqrt(static_cast<double>(img.gt_areas[g])), 1e-8);
+  ext.inv_scale = 1.0 / (sqrt_area * 2.0 * max_sigma);
+  return ext;
+}
+
+Box keypoint_box(const ImageData& img, const Params& prm, int64_t p) {
+  Box box{INFINITY, INFINITY, -INFINITY, -INFINITY};
+  for (int64_t k = 0; k < prm.K; ++k) {
+    const float x = img.kpts[(p * prm.K + k) * 2], y = img.kpts[(p * prm.K + k) * 2 + 1];
+    box = {std::min(box.x1, x), std::min(box.y1, y), std::max(box.x2, x), std::max(box.y2, y)};
+  }
+  return box;
+}
+
+// Upper bound of OKS(p, g): every keypoint distance is at least the gap between the predicted
+// keypoint box and the visible gt keypoint box, so OKS <= sum(w) * exp(-(gap * inv_scale)^2 / 2).
+// The relative and absolute margins cover the float32 rounding of the exact OKS.
+float oks_upper_bound(const Box& pred, const GtKeypointExtent& gt) {
+  if (gt.weight_sum == 0.0) return 0.f;
+  const double gap_x = std::max({0.0, static_cast<double>(gt.visible.x1) - pred.x2,
+                                 static_cast<double>(pred.x1) - gt.visible.x2});
+  const double gap_y = std::max({0.0, static_cast<double>(gt.visible.y1) - pred.y2,
+                                 static_cast<double>(pred.y1) - gt.visible.y2});
+  const double scaled_sq = (gap_x * gap_x + gap_y * gap_y) * gt.inv_scale * gt.inv_scale;
+  return static_cast<float>(gt.weight_sum * std::exp(-scaled_sq / 2.0) * 1.001 + 1e-30);
+}
+
+// Per-prior similarities of one gt. `oks` may be only an upper bound where `oks_exact` is false:
+// for priors outside the gt's box-and-center region whose bound cannot reach the top-k.
+struct GtScan {
+  std::vector<PairSim> sims;
+  std::vector<uint8_t> oks_exact;
+  int64_t k;
+};
+
+GtScan scan_gt(const ImageData& img, const Params& prm, const std::vector<int64_t>& valid, int64_t g,
+               const Box* pred_kpt_box, const GtKeypointExtent& extent) {
+  const int64_t num_valid = static_cast<int64_t>(valid.size());
+  GtScan scan{std::vector<PairSim>(num_valid), std::vector<uint8_t>(num_valid, 1), 0};
+  SmallestK largest(std::min(prm.candidate_topk, num_valid));  // negated indicators
+  for (int64_t v = 0; v < num_valid; ++v) {
+    const int64_t p = valid[v];
+    PairSim& s = scan.sims[v];
+    s.iou = simota::pair_iou(img, p, g);
+    s.in_box_and_center = simota::in_box(img, p, g) && simota::in_center(img, prm, p, g);
+    s.oks = s.in_box_and_center && prm.need_oks() ? simota::pair_oks(img, prm, p, g) : 0.f;
+    if (!prm.oks_indicator) largest.push(-s.iou, v);
+    if (prm.oks_indicator && s.in_box_and_center) largest.push(-s.oks, v);
+  }
+  for (int64_t v = 0; prm.need_oks() && v < num_valid; ++v) {
+    PairSim& s = scan.sims[v];
+    if (s.in_box_and_center) continue;
+    const float bound = oks_upper_bound(pred_kpt_box[valid[v]], extent);
+    const bool can_enter_topk =
+        prm.oks_indicator && (largest.size() < largest.capacity() || -bound <= largest.key(largest.size() - 1));
+    if (can_enter_topk) {
+      s.oks = simota::pair_oks(img, prm, valid[v], g);
+      largest.push(-s.oks, v);
+    } else {
+      s.oks = bound;
+      scan.oks_exact[v] = 0;
+    }
+  }
+  scan.k = dynamic_k(largest, num_valid);
+  return scan;
+}
+
+// A float lower bound of the cost of every valid prior outside the gt's box-and-center region
+// (+inf when there is none). Float addition and multiplication by a weight >= 0 are monotone, so
+// the stock expression evaluated at the best IoU/OKS (or OKS bound) with zero class/visibility
+// terms bounds it.
+float outside_cost_bound(const std::vector<PairSim>& sims, const Params& prm) {
+  bool any_outside = false;
+  float best_iou = -INFINITY, best_oks = -INFINITY;
+  for (const PairSim& s : sims) {
+    if (s.in_box_and_center) continue;
+    any_outside = true;
+    best_iou = std::max(best_iou, s.iou);
+    best_oks = std::max(best_oks, s.oks);
+  }
+  if (!any_outside) return INFINITY;
+  const float nonpositive_slack = -1e-3f;  // class cost is a double sum rounded to float, >= -tiny
+  return simota::combine_cost(prm, false, best_iou, best_oks, nonpositive_slack, 0.f);
+}
+
+// The dynamic_k lowest-cost valid priors of gt g (positions in `valid`), lowest index on ties.
+std::vector<int64_t> select_for_gt(const ImageData& img, const Params& prm, const std::vector<int64_t>& valid,
+                                   int64_t g, const Box* pred_kpt_box, const GtKeypointExtent& extent) {
+  const int64_t num_valid = static_cast<int64_t>(valid.size());
+  GtScan scan = scan_gt(img, prm, valid, g, pred_kpt_box, extent);
+  const int64_t k = scan.k;
+
+  // Fast path: the k cheapest priors inside the box-and-center region cost less than any other.
+  SmallestK inside(k);
+  for (int64_t v = 0; v < num_valid; ++v) {
+    if (scan.sims[v].in_box_and_center) inside.push(simota::pair_cost(img, prm, valid[v], g, scan.sims[v]), v);
+  }
+  const bool inside_suffices = inside.size() == k && inside.key(k - 1) < outside_cost_bound(scan.sims, prm);
+  SmallestK all(inside_suffices ? 0 : k);
+  for (int64_t v = 0; !inside_suffices && v < num_valid; ++v) {
+    if (!scan.oks_exact[v]) scan.sims[v].oks = simota::pair_oks(img, prm, valid[v], g);
+    all.push(simota::pair_cost(img, prm, valid[v], g, scan.sims[v]), v);
+  }
+  const SmallestK& chosen = inside_suffices ? inside : all;
+  std::vector<int64_t> picked(k);
+  for (int64_t i = 0; i < k; ++i) picked[i] = chosen.index(i);
+  return picked;
+}
+
+// argmin over all gts of the full cost of prior p (first index on ties, as torch.min).
+int64_t cheapest_gt(const ImageData& img, const Params& prm, int64_t p) {
+  int64_t best = 0;
+  float best_cost = INFINITY;
+  for (int64_t g = 0; g < img.num_gt; ++g) {
+    float cost = simota::pair_cost(img, prm, p, g, simota::pair_similarity(img, prm, p, g));
+    if (g == 0 || cost < best_cost) {
+      best = g;
+      best_cost = cost;
+    }
+  }
+  return best;
+}
+
+struct Outputs {
+  int64_t* gt_inds;
+  float* overlaps;
+  int64_t* labels;
+};
+
+// Turns the per-gt selections of one image into its assignment row.
+void resolve_image(const ImageData& img, const Params& prm, const std::vector<int64_t>& valid,
+                   const std::vector<std::vector<int64_t>>& picked, Outputs out) {
+  const int64_t num_valid = static_cast<int64_t>(valid.size());
+  std::vector<int32_t> times_picked(num_valid, 0);
+  std::vector<int64_t> picked_by(num_valid, 0);
+  for (int64_t g = 0; g < img.num_gt; ++g) {
+    for (int64_t v : picked[g]) {
+      ++times_picked[v];
+      picked_by[v] = g;
+    }
+  }
+  for (int64_t v = 0; v < num_valid; ++v) {
+    if (times_picked[v] == 0) continue;
+    const int64_t p = valid[v];
+    const int64_t g = times_picked[v] > 1 ? cheapest_gt(img, prm, p) : picked_by[v];
+    out.gt_inds[p] = g + 1;
+    out.labels[p] = img.gt_labels[g];
+    out.overlaps[p] = simota::pair_similarity(img, prm, p, g).indicator(prm);
+  }
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> simota_assign_cpu(
+    const at::Tensor& priors, const at::Tensor& pred_bboxes, const at::Tensor& pred_scores,
+    const std::optional<at::Tensor>& pred_keypoints, const std::optional<at::Tensor>& pred_keypoints_visible,
+    const at::Tensor& gt_bboxes, const at::Tensor& gt_labels, const at::Tensor& num_gts,
+    const std::optional<at::Tensor>& gt_keypoints, const std::optional<at::Tensor>& gt_keypoints_visible,
+    const std::optional<at::Tensor>& gt_areas, const std::optional<at::Tensor>& sigmas, double center_radius,
+    int64_t candidate_topk, double iou_weight, double cls_weight, double oks_weight, double vis_weight,
+    c10::string_view dynamic_k_indicator, bool use_keypoints_for_center) {
+  const Params prm = check_simota_assign_args(
+      priors, pred_bboxes, pred_scores, pred_keypoints, pred_keypoints_visible, gt_bboxes, gt_labels, num_gts,
+      gt_keypoints, gt_keypoints_visible, gt_areas, sigmas, center_radius, candidate_topk, iou_weight, cls_weight,
+      oks_weight, vis_weight, dynamic_k_indicator, use_keypoints_for_center);
+  check_simota_assign_values(num_gts, gt_labels, prm.C);
+  const int64_t B = pred_bboxes.size(0), P = prm.P, G = prm.G;
+  auto gt_inds = at::zeros({B, P}, gt_labels.options());
+  auto overlaps = at::full({B, P}, -simota::kInf, priors.options());
+  auto labels = at::full({B, P}, -1, gt_labels.options());
+  if (B == 0 || P == 0) return {gt_inds, overlaps, labels};
+
+  const SimOTABatch batch =
+      make_simota_batch(priors, pred_bboxes, pred_scores, pred_keypoints, pred_keypoints_visible, gt_bboxes,
+                        gt_labels, num_gts, gt_keypoints, gt_keypoints_visible, gt_areas, sigmas, prm);
+  auto image = [&](int64_t b) { return simota::image_at(batch.base, prm, b, batch.num_gts[b]); };
+
+  at::parallel_for(0, B * G, 64, [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) {
+      if (i % G < batch.num_gts[i / G]) simota::prepare_gt(image(i / G), prm, i % G);
+    }
+  });
+
+  std::vector<GtKeypointExtent> extents(prm.pose ? B * G : 0);
+  at::parallel_for(0, prm.pose ? B * G : 0, 64, [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) {
+      if (i % G < batch.num_gts[i / G]) extents[i] = gt_keypoint_extent(image(i / G), prm, i % G);
+    }
+  });
+
+  std::vector<uint8_t> is_valid(B * P);
+  std::vector<Box> pred_kpt_box(prm.pose ? B * P : 0);
+  at::parallel_for(0, B * P, 256, [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) {
+      const ImageData img = image(i / P);
+      is_valid[i] = simota::prior_is_valid(img, prm, i % P);
+      if (!is_valid[i]) continue;
+      img.cls_neg_sum[i % P] = simota::class_neg_sum(img, prm, i % P);
+      if (prm.pose) pred_kpt_box[i] = keypoint_box(img, prm, i % P);
+    }
+  });
+
+  std::vector<std::vector<int64_t>> valid(B);
+  for (int64_t b = 0; b < B; ++b) {
+    for (int64_t p = 0; p < P; ++p) {
+      if (is_valid[b * P + p]) valid[b].push_back(p);
+    }
+  }
+
+  std::vector<std::vector<int64_t>> picked(B * G);
+  at::parallel_for(0, B * G, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) {
+      const int64_t b = i / G, g = i % G;
+      if (g < batch.num_gts[b] && !valid[b].empty()) {
+        picked[i] = select_for_gt(image(b), prm, valid[b], g, prm.pose ? pred_kpt_box.data() + b * P : nullptr,
+                                  prm.pose ? extents[i] : GtKeypointExtent{});
+      }
+    }
+  });
+
+  at::parallel_for(0, B, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t b = begin; b < end; ++b) {
+      Outputs out{gt_inds.data_ptr<int64_t>() + b * P, overlaps.data_ptr<float>() + b * P,
+                  labels.data_ptr<int64_t>() + b * P};
+      if (batch.num_gts[b] == 0 || valid[b].empty()) {
+        std::fill(out.overlaps, out.overlaps + P, 0.f);  // stock: zeros when nothing can be assigned
+        continue;
+      }
+      std::vector<std::vector<int64_t>> image_picks(picked.begin() + b * G, picked.begin() + (b + 1) * G);
+      resolve_image(image(b), prm, valid[b], image_picks, out);
+    }
+  });
+  return {gt_inds, overlaps, labels};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(fastops, CPU, m) { m.impl("simota_assign", &simota_assign_cpu); }
+
+}  // namespace fastops
