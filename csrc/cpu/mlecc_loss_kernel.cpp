@@ -308,13 +308,21 @@ struct AxisRow {
   LaplaceAxis<T> target;
 };
 
+template <typename T>
+struct AxisForward {
+  LogNormalisers<T> lse;
+  bool finite;  // every logit of the row is finite (else the row is invalid)
+};
+
 // Two passes: the largest clamped logit z_max (and a shift close to max_i d_i + e_i, so the
 // joint log-sum-exp neither over- nor underflows), then the two sums.
 template <typename T>
-LogNormalisers<T> axis_forward(const AxisRow<T>& row, T* exponents) {
+AxisForward<T> axis_forward(const AxisRow<T>& row, T* exponents) {
   T z_max = -std::numeric_limits<T>::infinity();
   T joint_max = z_max;
+  bool finite = true;
   for (int64_t i = 0; i < row.bins; ++i) {
+    finite &= std::isfinite(row.logits[i]);
     const T z = clamp_logit(row.logits[i]);
     const T e = row.target.exponent(row.lin[i]);
     exponents[i] = e;
@@ -328,7 +336,7 @@ LogNormalisers<T> axis_forward(const AxisRow<T>& row, T* exponents) {
     sum_softmax += std::exp(d);
     sum_joint += std::exp(d + exponents[i] - shift);
   }
-  return {z_max, std::log(sum_softmax + static_cast<T>(kSoftmaxEps)), shift + std::log(sum_joint)};
+  return {{z_max, std::log(sum_softmax + static_cast<T>(kSoftmaxEps)), shift + std::log(sum_joint)}, finite};
 }
 
 // d s_a / d(sigma', center, scale) of one axis.
@@ -386,14 +394,17 @@ FASTOPS_AVX2 inline __m256 clamp_logit256(__m256 z) {
   return _mm256_max_ps(_mm256_min_ps(z, _mm256_set1_ps(lim)), _mm256_set1_ps(-lim));
 }
 
-FASTOPS_AVX2 LogNormalisers<float> axis_forward_avx2(const AxisRow<float>& row, float* exponents) {
+FASTOPS_AVX2 AxisForward<float> axis_forward_avx2(const AxisRow<float>& row, float* exponents) {
   const LaplaceAxis256 tgt(row.target);
   const __m256 neg_inf = _mm256_set1_ps(-std::numeric_limits<float>::infinity());
   __m256 z_max = neg_inf, joint_max = neg_inf;
+  __m256 finite = _mm256_castsi256_ps(_mm256_set1_epi32(-1));
   for (int64_t i = 0; i < row.bins; i += 8) {
     const __m256i mask = lane_mask(i, row.bins);
     const __m256 valid = _mm256_castsi256_ps(mask);
-    const __m256 z = clamp_logit256(_mm256_maskload_ps(row.logits + i, mask));
+    const __m256 raw = _mm256_maskload_ps(row.logits + i, mask);
+    finite = _mm256_and_ps(finite, _mm256_cmp_ps(_mm256_sub_ps(raw, raw), _mm256_setzero_ps(), _CMP_EQ_OQ));
+    const __m256 z = clamp_logit256(raw);
     const __m256 e = _mm256_mul_ps(tgt.distance(tgt.diff(_mm256_maskload_ps(row.lin + i, mask))), _mm256_set1_ps(-0.5f));
     _mm256_maskstore_ps(exponents + i, mask, e);
     z_max = _mm256_max_ps(z_max, _mm256_blendv_ps(neg_inf, z, valid));
@@ -411,8 +422,9 @@ FASTOPS_AVX2 LogNormalisers<float> axis_forward_avx2(const AxisRow<float>& row, 
     sum_softmax = _mm256_add_ps(sum_softmax, _mm256_and_ps(valid, exp256(d)));
     sum_joint = _mm256_add_ps(sum_joint, _mm256_and_ps(valid, exp256(_mm256_sub_ps(_mm256_add_ps(d, e), shift))));
   }
-  return {z_max_s, std::log(hsum256(sum_softmax) + static_cast<float>(kSoftmaxEps)),
-          shift_s + std::log(hsum256(sum_joint))};
+  return {{z_max_s, std::log(hsum256(sum_softmax) + static_cast<float>(kSoftmaxEps)),
+           shift_s + std::log(hsum256(sum_joint))},
+          _mm256_movemask_ps(finite) == 0xff};
 }
 
 FASTOPS_AVX2 AxisGrads<float> axis_backward_avx2(const AxisRow<float>& row, const LogNormalisers<float>& lse,
@@ -453,7 +465,7 @@ FASTOPS_AVX2 AxisGrads<float> axis_backward_avx2(const AxisRow<float>& row, cons
 
 // Float rows take the AVX2 path where the CPU has it; double rows (gradcheck) stay scalar.
 template <typename T>
-LogNormalisers<T> axis_forward_dispatch(const AxisRow<T>& row, T* exponents) {
+AxisForward<T> axis_forward_dispatch(const AxisRow<T>& row, T* exponents) {
 #if FASTOPS_HAS_AVX2
   if constexpr (std::is_same_v<T, float>) {
     if (cpu_has_avx2_fma()) return axis_forward_avx2(row, exponents);
@@ -485,10 +497,10 @@ struct LogitsInputs {
   const T* y_bins;
   int64_t k, wx, wy;
 
-  bool valid(int64_t n, int64_t kk) const {
+  // Validity of the row's inputs other than the logits (checked by axis_forward).
+  bool scalars_valid(int64_t n, int64_t kk) const {
     const int64_t row = n * k + kk;
-    return all_finite(logits_x + row * wx, wx) && all_finite(logits_y + row * wy, wy) &&
-           all_finite(keypoints + row * 2, 2) && all_finite(bbox_cs + n * 4, 4) && std::isfinite(sigmas[row]) &&
+    return all_finite(keypoints + row * 2, 2) && all_finite(bbox_cs + n * 4, 4) && std::isfinite(sigmas[row]) &&
            std::isfinite(areas[n]) && areas[n] >= T(0) && std::isfinite(weight_at(weight, row));
   }
   AxisRow<T> axis(int64_t n, int64_t kk, int dim) const {
@@ -537,15 +549,17 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> mlecc_from_logits_cpu(
           for (int64_t n = begin; n < end; ++n) {
             for (int64_t kk = 0; kk < k; ++kk) {
               const int64_t row = n * k + kk;
-              if (!in.valid(n, kk)) {
+              const auto ax = in.axis(n, kk, 0), ay = in.axis(n, kk, 1);
+              const bool scalars_ok = in.scalars_valid(n, kk);
+              const auto fx = axis_forward_dispatch(ax, exponents.data());
+              const auto fy = axis_forward_dispatch(ay, exponents.data());
+              if (!(scalars_ok && fx.finite && fy.finite)) {
                 out[row] = scalar_t(0);
                 std::fill_n(stat + row * kRowStats, kRowStats, std::numeric_limits<scalar_t>::quiet_NaN());
                 ++count;
                 continue;
               }
-              const auto ax = in.axis(n, kk, 0), ay = in.axis(n, kk, 1);
-              const auto lx = axis_forward_dispatch(ax, exponents.data());
-              const auto ly = axis_forward_dispatch(ay, exponents.data());
+              const auto &lx = fx.lse, &ly = fy.lse;
               const scalar_t s = lx.log_likelihood(ax.target.sigma) + ly.log_likelihood(ay.target.sigma);
               out[row] = weight_at(in.weight, row) * nll_with_floor(s, log_floor);
               lx.store(stat + row * kRowStats);
