@@ -48,7 +48,6 @@ PUBLISHED_MLE_WEIGHTS = {
     ("crowdpose", 0.75): ("rtmo-m_16xb16-700e_crowdpose-640x640.py", 1e-3),
     ("crowdpose", 1.0): ("rtmo-l_16xb16-700e_crowdpose-640x640.py", 1e-3),
 }
-KEYPOINTS_TO_DATASET = {17: "coco", 14: "crowdpose"}
 MLE_WEIGHT_TOLERANCE = 10.0  # flag a weight more than this factor away from the published one
 MANY_CHECKPOINTS = 20  # a run saving more checkpoints than this needs max_keep_ckpts
 
@@ -267,7 +266,7 @@ def check_lr_scaling(target: Target) -> List[Finding]:
     if base_batch is None or total == base_batch or _already_scaled(target, lr, total, base_batch):
         return []
     scaled = lr * total / base_batch
-    state = "disabled" if "auto_scale_lr" in cfg else "missing"
+    state = "disabled" if cfg.get("auto_scale_lr") else "missing"
     return [Finding(
         WARNING, "optim_wrapper.optimizer.lr",
         f"lr={lr:g} is tuned for a total batch of {base_batch} ({source}) but this run has "
@@ -301,9 +300,9 @@ def _already_scaled(target: Target, lr: float, total: int, base_batch: int) -> b
 
 def check_dataset_metainfo(target: Target) -> List[Finding]:
     """Pose datasets: annotation file vs metainfo, and keypoint counts vs the head's."""
-    if not _pose_stack_available():
-        return []
     cfg = target.cfg
+    if not _is_pose_config(cfg):
+        return []
     num_keypoints = lookup(cfg, "model.head.num_keypoints")
     findings = []
     for loader in ("train_dataloader", "val_dataloader"):
@@ -323,12 +322,22 @@ def check_dataset_metainfo(target: Target) -> List[Finding]:
     return findings
 
 
-def _pose_stack_available() -> bool:
+def _is_pose_config(cfg: dict) -> bool:
+    """An mmpose config, and mmpose is installed to read its metainfo files."""
+    if cfg.get("default_scope") != "mmpose":
+        return False
     try:
         importlib.import_module("mmpose.datasets")
     except ImportError:
         return False
     return True
+
+
+def _train_pose_dataset_name(cfg: dict) -> Optional[str]:
+    """`dataset_name` of the outermost training dataset's metainfo."""
+    datasets = iter_datasets(lookup(cfg, "train_dataloader.dataset"), "")
+    names = (meta.get("dataset_name") for _, d in datasets if (meta := _pose_metainfo(d)))
+    return next(names, None)
 
 
 def _parse_pose_metainfo(from_file: str) -> Optional[dict]:
@@ -437,9 +446,11 @@ def check_mle_loss_weight(target: Target) -> List[Finding]:
     """loss_mle weight far from the published RTMO config of the same size."""
     cfg = target.cfg
     weight = lookup(cfg, "model.head.loss_mle.loss_weight")
-    dataset = KEYPOINTS_TO_DATASET.get(lookup(cfg, "model.head.num_keypoints"))
-    published = PUBLISHED_MLE_WEIGHTS.get((dataset, lookup(cfg, "model.backbone.widen_factor")))
-    if weight is None or published is None:
+    if weight is None or not _is_pose_config(cfg):
+        return []
+    size = lookup(cfg, "model.backbone.widen_factor")
+    published = PUBLISHED_MLE_WEIGHTS.get((_train_pose_dataset_name(cfg), size))
+    if published is None:
         return []
     config_name, published_weight = published
     if published_weight / MLE_WEIGHT_TOLERANCE <= weight <= published_weight * MLE_WEIGHT_TOLERANCE:
@@ -582,12 +593,25 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def examine(path: str, nproc: int = 1, batch_per_proc: Optional[int] = None
+            ) -> Tuple[Target, List[Finding]]:
+    """Load the config at `path` and run every check for a launch of `nproc` processes.
+
+    Raises DoctorError when the OpenMMLab stack is missing; mmengine's errors for unreadable
+    configs propagate.
+    """
+    require_mm_stack()
+    cfg = load_config(path)
+    batch = batch_per_proc or lookup(cfg, "train_dataloader.batch_size") or 1
+    target = Target(cfg, path, nproc, batch)
+    return target, run_checks(target)
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     """Run every check on CONFIG and print the report; returns the exit status."""
     args = parse_args(argv)
     try:
-        require_mm_stack()
-        cfg = load_config(args.config)
+        target, findings = examine(args.config, args.nproc, args.batch_per_proc)
     except DoctorError as err:
         print(f"fastops doctor: {err}", file=sys.stderr)
         return 2
@@ -595,8 +619,5 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(f"fastops doctor: cannot load {args.config}: {type(err).__name__}: {err}",
               file=sys.stderr)
         return 2
-    batch = args.batch_per_proc or lookup(cfg, "train_dataloader.batch_size") or 1
-    target = Target(cfg, args.config, args.nproc, batch)
-    findings = run_checks(target)
     print(format_report(target, findings))
     return 1 if any(f.severity == ERROR for f in findings) else 0
