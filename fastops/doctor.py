@@ -301,7 +301,7 @@ def _already_scaled(target: Target, lr: float, total: int, base_batch: int) -> b
 def check_dataset_metainfo(target: Target) -> List[Finding]:
     """Pose datasets: annotation file vs metainfo, and keypoint counts vs the head's."""
     cfg = target.cfg
-    if not _is_pose_config(cfg):
+    if not _is_scope_config(cfg, "mmpose"):
         return []
     num_keypoints = lookup(cfg, "model.head.num_keypoints")
     findings = []
@@ -317,20 +317,41 @@ def check_dataset_metainfo(target: Target) -> List[Finding]:
             counted = True  # wrapped datasets map their keypoints to the outer metainfo
     for key, node in walk_dicts(lookup(cfg, "model.head"), "model.head"):
         if isinstance(node.get("metainfo"), str) and num_keypoints is not None:
-            metainfo = _parse_pose_metainfo(node["metainfo"])
+            metainfo = _pose_metainfo(dict(metainfo=dict(from_file=node["metainfo"])))
             findings += _keypoint_count(f"{key}.metainfo", metainfo, num_keypoints)
     return findings
 
 
-def _is_pose_config(cfg: dict) -> bool:
-    """An mmpose config, and mmpose is installed to read its metainfo files."""
-    if cfg.get("default_scope") != "mmpose":
+def _is_scope_config(cfg: dict, scope: str) -> bool:
+    """A config of `scope` (mmpose / mmdet), and that package is installed to read metainfo."""
+    if cfg.get("default_scope") != scope:
         return False
     try:
-        importlib.import_module("mmpose.datasets")
+        importlib.import_module(f"{scope}.datasets")
     except ImportError:
         return False
     return True
+
+
+def dataset_metainfo(dataset: dict, scope: str) -> Optional[dict]:
+    """A dataset config's `metainfo`, else its class's METAINFO in `scope`'s DATASETS registry."""
+    metainfo = dataset.get("metainfo")
+    if metainfo is None:
+        registry = importlib.import_module(f"{scope}.registry").DATASETS
+        name = type_name(dataset)
+        metainfo = getattr(registry.get(name) if name else None, "METAINFO", None)
+    return metainfo if isinstance(metainfo, dict) else None
+
+
+def _pose_metainfo(dataset: dict) -> Optional[dict]:
+    """The parsed pose metainfo (dataset_name, num_keypoints, ...) a dataset config gets."""
+    from mmpose.datasets.datasets.utils import parse_pose_metainfo
+
+    metainfo = dataset_metainfo(dataset, "mmpose")
+    try:
+        return parse_pose_metainfo(metainfo) if metainfo else None
+    except (OSError, KeyError, AssertionError, TypeError):
+        return None  # not a pose metainfo (a wrapper's, or an incomplete one)
 
 
 def _train_pose_dataset_name(cfg: dict) -> Optional[str]:
@@ -338,29 +359,6 @@ def _train_pose_dataset_name(cfg: dict) -> Optional[str]:
     datasets = iter_datasets(lookup(cfg, "train_dataloader.dataset"), "")
     names = (meta.get("dataset_name") for _, d in datasets if (meta := _pose_metainfo(d)))
     return next(names, None)
-
-
-def _parse_pose_metainfo(from_file: str) -> Optional[dict]:
-    from mmpose.datasets.datasets.utils import parse_pose_metainfo
-
-    try:
-        return parse_pose_metainfo(dict(from_file=from_file))
-    except (FileNotFoundError, OSError, KeyError, AssertionError):
-        return None
-
-
-def _pose_metainfo(dataset: dict) -> Optional[dict]:
-    """The parsed metainfo a pose dataset config gets: its `metainfo`, else its class default."""
-    metainfo = dataset.get("metainfo")
-    if metainfo is None:
-        from mmpose.registry import DATASETS
-
-        name = type_name(dataset)
-        dataset_class = DATASETS.get(name) if name else None
-        metainfo = getattr(dataset_class, "METAINFO", None)
-    if not isinstance(metainfo, dict) or "from_file" not in metainfo:
-        return None
-    return _parse_pose_metainfo(metainfo["from_file"])
 
 
 def _annotation_vs_metainfo(key: str, dataset: dict, metainfo: dict) -> List[Finding]:
@@ -393,6 +391,34 @@ def _keypoint_count(key: str, metainfo: Optional[dict], num_keypoints: int) -> L
         f"make model.head.num_keypoints and every metainfo agree (e.g. num_keypoints="
         f"{metainfo['num_keypoints']}, or a {num_keypoints}-keypoint metainfo)",
     )]
+
+
+def check_detection_classes(target: Target) -> List[Finding]:
+    """Detection datasets: the metainfo's class count vs every head's num_classes."""
+    cfg = target.cfg
+    if not _is_scope_config(cfg, "mmdet"):
+        return []
+    classes = _train_classes(cfg)
+    if classes is None:
+        return []
+    return [Finding(
+        ERROR, key + ".num_classes",
+        f"{key}.num_classes={node['num_classes']} but the training dataset's metainfo has "
+        f"{len(classes)} classes",
+        "labels index the classifier's outputs: extra outputs are never trained as positives "
+        "and evaluation reports wrong classes; too few outputs fail on the first label",
+        f"{key}.num_classes={len(classes)}",
+    ) for key, node in walk_dicts(cfg.get("model"), "model")
+        if isinstance(node.get("num_classes"), int) and node["num_classes"] != len(classes)]
+
+
+def _train_classes(cfg: dict) -> Optional[list]:
+    """`classes` of the outermost training dataset that declares them."""
+    for _, dataset in iter_datasets(lookup(cfg, "train_dataloader.dataset"), ""):
+        metainfo = dataset_metainfo(dataset, "mmdet") or {}
+        if metainfo.get("classes"):
+            return list(metainfo["classes"])
+    return None
 
 
 def check_amp_classification_loss(target: Target) -> List[Finding]:
@@ -446,7 +472,7 @@ def check_mle_loss_weight(target: Target) -> List[Finding]:
     """loss_mle weight far from the published RTMO config of the same size."""
     cfg = target.cfg
     weight = lookup(cfg, "model.head.loss_mle.loss_weight")
-    if weight is None or not _is_pose_config(cfg):
+    if weight is None or not _is_scope_config(cfg, "mmpose"):
         return []
     size = lookup(cfg, "model.backbone.widen_factor")
     published = PUBLISHED_MLE_WEIGHTS.get((_train_pose_dataset_name(cfg), size))
@@ -544,6 +570,7 @@ CHECKS = (
     check_validation_pipeline_in_training,
     check_lr_scaling,
     check_dataset_metainfo,
+    check_detection_classes,
     check_amp_classification_loss,
     check_mode_switch_epoch,
     check_mle_loss_weight,

@@ -189,6 +189,26 @@ def test_crowdpose_everywhere_is_consistent(tmp_path):
     assert findings == []
 
 
+@pytest.mark.parametrize("base, dataset_key, head_key", [
+    (FASTER_RCNN, "dataset", "model.roi_head.bbox_head"),
+    (YOLOX_S, "dataset.dataset", "model.bbox_head"),  # inside MultiImageMixDataset
+])
+def test_custom_classes_with_and_without_a_matching_head(tmp_path, base, dataset_key, head_key):
+    override = "dict(metainfo=dict(classes=('balloon', 'kite')))"
+    for level in reversed(dataset_key.split(".")):
+        override = f"dict({level}={override})"
+    body = f"train_dataloader = {override}\n"
+    [finding] = diagnose(tmp_path, base, body)
+    assert finding.severity == doctor.ERROR and finding.key == f"{head_key}.num_classes"
+    assert "num_classes=80" in finding.problem and "2 classes" in finding.problem
+
+    head = head_key.split(".")[1:]
+    fixed = "dict(num_classes=2)"
+    for level in reversed(head):
+        fixed = f"dict({level}={fixed})"
+    assert diagnose(tmp_path, base, body + f"model = {fixed}\n") == []
+
+
 # ------------------------------------------------------------------ AMP + cross-entropy
 def test_amp_faster_rcnn_flags_both_cross_entropy_losses(tmp_path):
     findings = diagnose(tmp_path, FASTER_RCNN, "optim_wrapper = dict(type='AmpOptimWrapper')\n")
