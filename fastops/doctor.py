@@ -64,7 +64,7 @@ class Finding:
 
 
 class DoctorError(Exception):
-    """The config cannot be examined (missing OpenMMLab stack, unreadable config)."""
+    """The config cannot be examined: the OpenMMLab stack is missing."""
 
 
 @dataclasses.dataclass
@@ -77,7 +77,7 @@ class Target:
     batch_per_proc: int
 
     @functools.cached_property
-    def ancestors(self) -> List[Tuple[str, Any]]:
+    def ancestors(self) -> List[Tuple[str, dict]]:
         """(path, merged config) of every `_base_` in the chain, nearest first."""
         return list(_load_ancestors(self.path))
 
@@ -190,7 +190,9 @@ def load_config(path: str) -> dict:
 
 
 def base_paths(path: str) -> List[str]:
-    """The `_base_` files of a config file, as paths (`pkg::rel` → pkg's .mim/configs/rel)."""
+    """The `_base_` files of a .py config, as paths (`pkg::rel` → pkg's .mim/configs/rel)."""
+    if not path.endswith(".py"):
+        return []
     with open(path, encoding="utf-8") as file:
         body = ast.parse(file.read()).body
     for node in body:
@@ -214,7 +216,7 @@ def resolve_base(base: str, child_path: str) -> str:
     return os.path.join(os.path.dirname(os.path.abspath(child_path)), base)
 
 
-def _load_ancestors(path: str) -> Iterator[Tuple[str, Any]]:
+def _load_ancestors(path: str) -> Iterator[Tuple[str, dict]]:
     for base in base_paths(path):
         yield base, load_config(base)
         yield from _load_ancestors(base)
