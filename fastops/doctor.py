@@ -18,6 +18,7 @@ import math
 import os
 import re
 import sys
+import warnings
 from typing import Any, Iterator, List, Optional, Tuple
 
 ERROR = "error"
@@ -351,7 +352,9 @@ def _pose_metainfo(dataset: dict) -> Optional[dict]:
 
     metainfo = dataset_metainfo(dataset, "mmpose")
     try:
-        return parse_pose_metainfo(metainfo) if metainfo else None
+        with warnings.catch_warnings():  # it warns when it finds configs/... in mmpose's .mim
+            warnings.simplefilter("ignore")
+            return parse_pose_metainfo(metainfo) if metainfo else None
     except (OSError, KeyError, AssertionError, TypeError):
         return None  # not a pose metainfo (a wrapper's, or an incomplete one)
 
