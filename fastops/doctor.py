@@ -230,30 +230,29 @@ def check_validation_pipeline_in_training(target: Target) -> List[Finding]:
     train_dataset = lookup(cfg, "train_dataloader.dataset")
     train_types = pipeline_types(train_dataset)
     val_types = pipeline_types(lookup(cfg, "val_dataloader.dataset"))
-    if not train_types or augmentations(cfg):
-        return []
     base_path, base_cfg = next(((p, c) for p, c in target.ancestors if augmentations(c)),
                                (None, None))
     if base_cfg is not None:
-        base_augs = augmentations(base_cfg)
         base_train = set(pipeline_types(lookup(base_cfg, "train_dataloader.dataset")))
+        missing = [t for t in augmentations(base_cfg) if t not in train_types]
         val_only = [t for t in train_types if t in val_types and t not in base_train]
-        if not val_only and set(base_augs) & set(train_types):
+        if not missing or not (val_only or not augmentations(cfg)):
             return []
-        reference = f"the base config {os.path.basename(base_path)} trains with {', '.join(base_augs)}"
-    elif train_types == val_types:
-        val_only, base_augs = [], []
-        reference = "it is identical to val_dataloader's pipeline"
+        reference = (f"lacks {', '.join(missing)} that the base config "
+                     f"{os.path.basename(base_path)} trains with")
+    elif train_types and train_types == val_types:
+        missing, val_only = [], []
+        reference = "is identical to val_dataloader's pipeline"
     else:
         return []
-    used = f"uses {', '.join(val_only)} and " if val_only else ""
+    uses = f"uses {', '.join(val_only)} and " if val_only else ""
     return [Finding(
         ERROR, pipeline_key(train_dataset, "train_dataloader.dataset"),
-        f"the training pipeline {used}has no random augmentation; {reference}",
+        f"the training pipeline {uses}{reference}: it is the validation pipeline",
         "a validation pipeline only resizes: every epoch shows the model the same images, so it "
         "overfits and the published accuracy is not reached",
         "inherit the base config's train pipeline (drop the `pipeline=` override of "
-        "train_dataloader.dataset)" + (f" or put back {', '.join(base_augs)}" if base_augs else ""),
+        "train_dataloader.dataset)" + (f" or put back {', '.join(missing)}" if missing else ""),
     )]
 
 
