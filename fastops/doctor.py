@@ -263,41 +263,49 @@ def check_lr_scaling(target: Target) -> List[Finding]:
     auto_scale = cfg.get("auto_scale_lr") or {}
     if lr is None or auto_scale.get("enable", False):
         return []
-    base_batch, source = _reference_batch(target, auto_scale)
+    named_batch, name = published_launch(target)
+    base_batch = auto_scale.get("base_batch_size", named_batch)
     total = target.nproc * target.batch_per_proc
-    if base_batch is None or total == base_batch or _already_scaled(target, lr, total, base_batch):
+    tuned_for = {b for b in (base_batch, named_batch) if b is not None}
+    if not tuned_for or total in tuned_for or _already_scaled(target, lr, total, tuned_for):
         return []
-    scaled = lr * total / base_batch
+    source = "auto_scale_lr.base_batch_size" if "base_batch_size" in auto_scale else name
+    conflict = (f"; {name} is {named_batch}, check which one the lr was tuned for"
+                if named_batch not in (None, base_batch) else "")
     state = "disabled" if cfg.get("auto_scale_lr") else "missing"
     return [Finding(
         WARNING, "optim_wrapper.optimizer.lr",
-        f"lr={lr:g} is tuned for a total batch of {base_batch} ({source}) but this run has "
-        f"{target.nproc} process(es) x {target.batch_per_proc} = {total}, and auto_scale_lr is "
-        f"{state}",
+        f"lr={lr:g} is tuned for a total batch of {base_batch} ({source}{conflict}) but this run "
+        f"has {target.nproc} process(es) x {target.batch_per_proc} = {total}, and auto_scale_lr "
+        f"is {state}",
         "the linear scaling rule (Goyal et al. 2017: lr proportional to the total batch) is how "
-        f"the published lr transfers; unscaled, each sample gets {base_batch / total:.3g}x the "
-        "step it was tuned for, which diverges or converges to a worse model",
-        f"set optim_wrapper.optimizer.lr={scaled:.6g} (= {lr:g} x {total}/{base_batch}), or "
-        f"auto_scale_lr = dict(enable=True, base_batch_size={base_batch}) so mmengine scales it "
-        "at start",
+        f"the published lr transfers; unscaled, the lr per sample is {base_batch / total:.3g}x the "
+        "tuned one, which diverges or converges to a worse model",
+        f"set optim_wrapper.optimizer.lr={_scaled_lr(lr, total, base_batch)}"
+        + (f" ({_scaled_lr(lr, total, named_batch)} if tuned for {named_batch})" if conflict else "")
+        + f", or auto_scale_lr = dict(enable=True, base_batch_size={base_batch}) so mmengine "
+        "scales it at start",
     )]
 
 
-def _reference_batch(target: Target, auto_scale: dict) -> Tuple[Optional[int], str]:
-    """The total batch the lr was tuned for: auto_scale_lr's, else the NxbB of the config name."""
-    if "base_batch_size" in auto_scale:
-        return auto_scale["base_batch_size"], "auto_scale_lr.base_batch_size"
-    for path in [target.path] + [p for p, _ in target.ancestors]:
+def _scaled_lr(lr: float, total: int, base_batch: int) -> str:
+    return f"{lr * total / base_batch:.6g} (= {lr:g} x {total}/{base_batch})"
+
+
+def published_launch(target: Target) -> Tuple[Optional[int], str]:
+    """Total batch of the `NxbB` launch named by the nearest base config (else by the config)."""
+    for path in [p for p, _ in target.ancestors] + [target.path]:
         match = re.search(r"(\d+)xb(\d+)", os.path.basename(path))
         if match:
-            return int(match[1]) * int(match[2]), f"'{match[0]}' in {os.path.basename(path)}"
+            return int(match[1]) * int(match[2]), f"the {match[0]} launch of {os.path.basename(path)}"
     return None, ""
 
 
-def _already_scaled(target: Target, lr: float, total: int, base_batch: int) -> bool:
+def _already_scaled(target: Target, lr: float, total: int, tuned_for: set) -> bool:
     """The config's lr is the base config's lr linearly scaled to this total batch."""
     _, base_lr = target.nearest_ancestor_value("optim_wrapper.optimizer.lr")
-    return base_lr is not None and math.isclose(lr, base_lr * total / base_batch, rel_tol=0.02)
+    return base_lr is not None and any(
+        math.isclose(lr, base_lr * total / batch, rel_tol=0.02) for batch in tuned_for)
 
 
 def check_dataset_metainfo(target: Target) -> List[Finding]:
@@ -408,7 +416,7 @@ def check_detection_classes(target: Target) -> List[Finding]:
     return [Finding(
         ERROR, key + ".num_classes",
         f"{key}.num_classes={node['num_classes']} but the training dataset's metainfo has "
-        f"{len(classes)} classes",
+        f"{len(classes)} class(es)",
         "labels index the classifier's outputs: extra outputs are never trained as positives "
         "and evaluation reports wrong classes; too few outputs fail on the first label",
         f"{key}.num_classes={len(classes)}",
@@ -490,7 +498,8 @@ def check_mle_loss_weight(target: Target) -> List[Finding]:
         f"loss_mle weight {weight:g} is more than {MLE_WEIGHT_TOLERANCE:g}x away from the "
         f"published {published_weight:g} of {config_name}",
         "the MLECC loss is a log-likelihood of a density (unbounded, can be negative): too large "
-        "a weight lets it dominate the OKS/box losses, too small makes the DCC head unused",
+        "a weight lets it dominate the OKS/box losses, too small leaves the DCC coordinate head "
+        "barely trained",
         f"loss_mle=dict(loss_weight={published_weight:g}) as published",
     )]
 
@@ -631,11 +640,13 @@ def examine(path: str, nproc: int = 1, batch_per_proc: Optional[int] = None
     Raises DoctorError when the OpenMMLab stack is missing; mmengine's errors for unreadable
     configs propagate.
     """
-    require_mm_stack()
-    cfg = load_config(path)
-    batch = batch_per_proc or lookup(cfg, "train_dataloader.batch_size") or 1
-    target = Target(cfg, path, nproc, batch)
-    return target, run_checks(target)
+    with warnings.catch_warnings():  # mm* import pkg_resources, which new setuptools deprecates
+        warnings.filterwarnings("ignore", message="pkg_resources is deprecated")
+        require_mm_stack()
+        cfg = load_config(path)
+        batch = batch_per_proc or lookup(cfg, "train_dataloader.batch_size") or 1
+        target = Target(cfg, path, nproc, batch)
+        return target, run_checks(target)
 
 
 def main(argv: Optional[List[str]] = None) -> int:

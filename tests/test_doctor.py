@@ -148,9 +148,17 @@ def test_scaled_or_auto_scaled_lr_is_quiet(tmp_path, body):
 
 def test_missing_auto_scale_lr_falls_back_to_the_config_name(tmp_path):
     [finding] = diagnose(tmp_path, RTMO_S, "auto_scale_lr = None\n", launch=(2, 16))
-    assert "'8xb32' in rtmo-s_8xb32-600e_coco-640x640.py" in finding.problem
+    assert "(the 8xb32 launch of rtmo-s_8xb32-600e_coco-640x640.py)" in finding.problem
     assert "auto_scale_lr is missing" in finding.problem
     assert "lr=0.0005 " in finding.fix
+
+
+def test_base_batch_size_that_contradicts_the_config_name_shows_both(tmp_path):
+    body = "auto_scale_lr = dict(base_batch_size=128)\n"
+    [finding] = diagnose(tmp_path, RTMO_S, body, launch=(1, 32))
+    assert "the 8xb32 launch of rtmo-s_8xb32-600e_coco-640x640.py is 256" in finding.problem
+    assert "lr=0.001 (= 0.004 x 32/128) (0.0005 (= 0.004 x 32/256) if tuned for 256)" in finding.fix
+    assert diagnose(tmp_path, RTMO_S, body) == []  # the published 8 x 32 launch
 
 
 # ------------------------------------------------------------------ dataset metainfo
@@ -201,7 +209,7 @@ def test_custom_classes_with_and_without_a_matching_head(tmp_path, base, dataset
     body = f"train_dataloader = {override}\n"
     [finding] = diagnose(tmp_path, base, body)
     assert finding.severity == doctor.ERROR and finding.key == f"{head_key}.num_classes"
-    assert "num_classes=80" in finding.problem and "2 classes" in finding.problem
+    assert "num_classes=80" in finding.problem and "2 class(es)" in finding.problem
 
     head = head_key.split(".")[1:]
     fixed = "dict(num_classes=2)"
