@@ -50,7 +50,7 @@ PUBLISHED_MLE_WEIGHTS = {
     ("crowdpose", 1.0): ("rtmo-l_16xb16-700e_crowdpose-640x640.py", 1e-3),
 }
 MLE_WEIGHT_TOLERANCE = 10.0  # flag a weight more than this factor away from the published one
-MANY_CHECKPOINTS = 20  # a run saving more checkpoints than this needs max_keep_ckpts
+MANY_CHECKPOINTS = 50  # a run saving more checkpoints than this needs max_keep_ckpts
 
 
 @dataclasses.dataclass(frozen=True)
@@ -293,8 +293,15 @@ def _scaled_lr(lr: float, total: int, base_batch: int) -> str:
 
 
 def published_launch(target: Target) -> Tuple[Optional[int], str]:
-    """Total batch of the `NxbB` launch named by the nearest base config (else by the config)."""
-    for path in [p for p, _ in target.ancestors] + [target.path]:
+    """Total batch of the `NxbB` launch in the name of the config that set the lr.
+
+    That is the config itself when its lr differs from its base's, else the nearest base that
+    has such a name (a user's `my_1xb32.py` that keeps the base lr is not a retuned launch).
+    """
+    paths = [p for p, _ in target.ancestors]
+    _, base_lr = target.nearest_ancestor_value("optim_wrapper.optimizer.lr")
+    sets_lr = base_lr != lookup(target.cfg, "optim_wrapper.optimizer.lr")
+    for path in [target.path] + paths if sets_lr else paths + [target.path]:
         match = re.search(r"(\d+)xb(\d+)", os.path.basename(path))
         if match:
             return int(match[1]) * int(match[2]), f"the {match[0]} launch of {os.path.basename(path)}"
@@ -421,7 +428,8 @@ def check_detection_classes(target: Target) -> List[Finding]:
         "and evaluation reports wrong classes; too few outputs fail on the first label",
         f"{key}.num_classes={len(classes)}",
     ) for key, node in walk_dicts(cfg.get("model"), "model")
-        if isinstance(node.get("num_classes"), int) and node["num_classes"] != len(classes)]
+        if isinstance(node.get("num_classes"), int) and node["num_classes"] != len(classes)
+        and not key.endswith("rpn_head")]  # proposals are class-agnostic
 
 
 def _train_classes(cfg: dict) -> Optional[list]:
