@@ -153,6 +153,16 @@ def test_missing_auto_scale_lr_falls_back_to_the_config_name(tmp_path):
     assert "lr=0.0005 " in finding.fix
 
 
+def test_own_launch_name_does_not_excuse_the_inherited_lr(tmp_path):
+    needs(RTMO_S)
+    path = write_config(tmp_path, RTMO_S, name="rtmo-s_1xb32_mine.py")
+    [finding] = doctor.examine(path, 1, 32)[1]
+    assert "(auto_scale_lr.base_batch_size)" in finding.problem and "0.0005" in finding.fix
+    retuned = write_config(tmp_path, RTMO_S, "optim_wrapper = dict(optimizer=dict(lr=0.001))\n"
+                           "auto_scale_lr = None\n", name="rtmo-s_1xb32_retuned.py")
+    assert doctor.examine(retuned, 1, 32)[1] == []  # this config set the lr for its 1xb32
+
+
 def test_base_batch_size_that_contradicts_the_config_name_shows_both(tmp_path):
     body = "auto_scale_lr = dict(base_batch_size=128)\n"
     [finding] = diagnose(tmp_path, RTMO_S, body, launch=(1, 32))
@@ -216,6 +226,11 @@ def test_custom_classes_with_and_without_a_matching_head(tmp_path, base, dataset
     for level in reversed(head):
         fixed = f"dict({level}={fixed})"
     assert diagnose(tmp_path, base, body + f"model = {fixed}\n") == []
+
+
+def test_class_agnostic_rpn_head_is_not_a_class_count(tmp_path):
+    fcos_rpn = "mmdet::faster_rcnn/faster-rcnn_r50_fpn_fcos-rpn_1x_coco.py"
+    assert diagnose(tmp_path, fcos_rpn, launch=(8, 2)) == []  # rpn_head.num_classes=1
 
 
 # ------------------------------------------------------------------ AMP + cross-entropy
