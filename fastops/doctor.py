@@ -457,25 +457,56 @@ def check_amp_classification_loss(target: Target) -> List[Finding]:
     ) for key, node in walk_dicts(cfg.get("model"), "model") if type_name(node) == "CrossEntropyLoss"]
 
 
+SECOND_STAGE_SKIPPED = (
+    "RTMO's second stage (proxy_target_cc and the raised loss_mle/loss_oks weights) is "
+    "skipped, and the published accuracy is reached only with it")
+
+
 def check_mode_switch_epoch(target: Target) -> List[Finding]:
-    """RTMOModeSwitchHook epochs the training never reaches."""
-    cfg = target.cfg
-    max_epochs = lookup(cfg, "train_cfg.max_epochs")
+    """RTMOModeSwitchHook switches that never happen or crash."""
+    findings = []
+    for key, hook in custom_hooks(target.cfg, "RTMOModeSwitchHook"):
+        epoch_attributes = hook.get("epoch_attributes") or {}
+        key = f"{key}.epoch_attributes"
+        findings += _unreached_switch(target, key, epoch_attributes)
+        findings += _malformed_switch(key, epoch_attributes)
+    return findings
+
+
+def _unreached_switch(target: Target, key: str, epoch_attributes: dict) -> List[Finding]:
+    max_epochs = lookup(target.cfg, "train_cfg.max_epochs")
     if max_epochs is None:
         return []
+    late = sorted(e for e in epoch_attributes if isinstance(e, int) and e >= max_epochs)
+    if not late:
+        return []
+    return [Finding(
+        ERROR, key,
+        f"RTMOModeSwitchHook switches at epoch {late} but train_cfg.max_epochs={max_epochs} "
+        f"(the hook sees epochs 0..{max_epochs - 1})",
+        f"the switch never happens: {SECOND_STAGE_SKIPPED}",
+        f"switch at an epoch below {max_epochs}{_proportional_epoch(target, late[0])}",
+    )]
+
+
+def _malformed_switch(key: str, epoch_attributes: dict) -> List[Finding]:
+    """Entries mmpose 1.3.2's hook cannot apply: it tests `runner.epoch in epoch_attributes`
+    (an int) and calls `.items()` on the value."""
     findings = []
-    for key, hook in custom_hooks(cfg, "RTMOModeSwitchHook"):
-        late = sorted(int(e) for e in hook.get("epoch_attributes") or {} if int(e) >= max_epochs)
-        if late:
+    for epoch, changes in epoch_attributes.items():
+        if not isinstance(epoch, int):
             findings.append(Finding(
-                ERROR, f"{key}.epoch_attributes",
-                f"RTMOModeSwitchHook switches at epoch {late} but train_cfg.max_epochs="
-                f"{max_epochs} (the hook sees epochs 0..{max_epochs - 1})",
-                "the switch never happens: RTMO's second stage (proxy_target_cc and the raised "
-                "loss_mle/loss_oks weights) is skipped, and the published accuracy is reached "
-                "only with it",
-                f"switch at an epoch below {max_epochs}{_proportional_epoch(target, late[0])}",
-            ))
+                ERROR, f"{key}[{epoch!r}]", f"switch epoch {epoch!r} is not an int",
+                f"runner.epoch is an int, so this switch never happens: {SECOND_STAGE_SKIPPED}",
+                f"use the int key {epoch}: epoch_attributes={{{epoch}: {{...}}}}"))
+        elif not isinstance(changes, dict):
+            findings.append(Finding(
+                ERROR, f"{key}[{epoch}]",
+                f"the changes for epoch {epoch} are a {type(changes).__name__}, not a dict",
+                f"the hook calls .items() on them: training crashes with AttributeError when "
+                f"epoch {epoch} starts, after all the epochs before it",
+                f"epoch_attributes={{{epoch}: {{'loss_mle.loss_weight': ..., ...}}}} (one dict "
+                "of attribute: value)"))
     return findings
 
 

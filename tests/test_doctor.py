@@ -269,6 +269,24 @@ def test_mode_switch_within_the_run(tmp_path):
     assert diagnose(tmp_path, RTMO_S, "train_cfg = dict(max_epochs=300)\n") == []
 
 
+def test_switch_changes_given_as_a_list(tmp_path):
+    # the list form of the hook's own docstring example; its before_train_epoch calls .items()
+    body = ("custom_hooks = [dict(type='RTMOModeSwitchHook',\n"
+            "                     epoch_attributes={280: [{'proxy_target_cc': True}]})]\n")
+    [finding] = diagnose(tmp_path, RTMO_S, body)
+    assert finding.severity == doctor.ERROR
+    assert finding.key == "custom_hooks[0].epoch_attributes[280]"
+    assert "a list, not a dict" in finding.problem and "AttributeError" in finding.why
+
+
+def test_switch_epoch_given_as_a_string(tmp_path):
+    body = ("custom_hooks = [dict(type='RTMOModeSwitchHook',\n"
+            "                     epoch_attributes={'280': {'proxy_target_cc': True}})]\n")
+    [finding] = diagnose(tmp_path, RTMO_S, body)
+    assert finding.key == "custom_hooks[0].epoch_attributes['280']"
+    assert "never happens" in finding.why
+
+
 @pytest.mark.parametrize("base, weight, published", [
     (RTMO_S, 1e-2, "1"), (RTMO_S, 20.0, "1"), (RTMO_M, 1.0, "0.01")])
 def test_mle_weight_far_from_published(tmp_path, base, weight, published):
