@@ -27,6 +27,13 @@ WARNING = "warning"
 # Transforms that make a training pipeline differ from a validation one.
 AUGMENTATION = re.compile(r"Random|Mosaic|MixUp|Affine|HSV|PhotoMetric|CopyPaste|Albu|Expand|Crop")
 
+# Heads whose num_classes must equal the dataset's class count (RPN heads are class-agnostic,
+# semantic heads count stuff classes too).
+CLASS_HEAD = re.compile(r"(bbox_head|mask_head)(\[\d+\])?$")
+
+# Deterministic resizes of validation pipelines (BottomupResize, Resize, ...).
+VAL_RESIZE = re.compile(r"^(?!Random).*Resize")
+
 # Pose datasets recognisable from an annotation path, most specific first; the names are the
 # `dataset_name` of mmpose's metainfo files (configs/_base_/datasets/<name>.py).
 ANNOTATION_DATASETS = (
@@ -130,11 +137,12 @@ def iter_datasets(dataset: Any, key: str) -> Iterator[Tuple[str, dict]]:
 
 
 def pipeline_types(dataset: Any) -> List[str]:
-    """Transform names of every pipeline in a dataset tree."""
+    """Transform names of every pipeline in a dataset tree, nested ones included (the
+    `transforms` of ProposalBroadcaster / RandomChoice, Mosaic's `pre_transform`)."""
     return [
         name
         for _, node in iter_datasets(dataset, "")
-        for transform in node.get("pipeline") or []
+        for _, transform in walk_dicts(node.get("pipeline") or [], "")
         if (name := type_name(transform))
     ]
 
@@ -235,7 +243,8 @@ def check_validation_pipeline_in_training(target: Target) -> List[Finding]:
     if base_cfg is not None:
         base_train = set(pipeline_types(lookup(base_cfg, "train_dataloader.dataset")))
         missing = [t for t in augmentations(base_cfg) if t not in train_types]
-        val_only = [t for t in train_types if t in val_types and t not in base_train]
+        val_only = [t for t in train_types
+                    if VAL_RESIZE.search(t) and t in val_types and t not in base_train]
         if not missing or not (val_only or not augmentations(cfg)):
             return []
         reference = (f"lacks {', '.join(missing)} that the base config "
@@ -385,7 +394,7 @@ def _annotation_vs_metainfo(key: str, dataset: dict, metainfo: dict) -> List[Fin
     named = next((name for name, pattern in ANNOTATION_DATASETS if pattern.search(ann_file.lower())),
                  None)
     declared = metainfo.get("dataset_name")
-    if named is None or declared is None or named == declared:
+    if named is None or declared is None or _same_dataset(named, declared, ann_file):
         return []
     return [Finding(
         ERROR, f"{key}.metainfo",
@@ -396,6 +405,15 @@ def _annotation_vs_metainfo(key: str, dataset: dict, metainfo: dict) -> List[Fin
         f"use the {named} metainfo (metainfo=dict(from_file='configs/_base_/datasets/{named}.py') "
         f"or the {named} dataset type), or the {declared} annotation file",
     )]
+
+
+def _same_dataset(named: str, declared: str, ann_file: str) -> bool:
+    """The metainfo is the annotation file's dataset or a subset of it (coco_wholebody_hand of a
+    coco_wholebody file), or the file carries the metainfo's name (Human-Art's humanart_coco)."""
+    def alnum(text):
+        return re.sub(r"[^a-z0-9]", "", text.lower())
+
+    return alnum(named) in alnum(declared) or alnum(declared) in alnum(ann_file)
 
 
 def _keypoint_count(key: str, metainfo: Optional[dict], num_keypoints: int) -> List[Finding]:
@@ -418,8 +436,8 @@ def check_detection_classes(target: Target) -> List[Finding]:
     if not _is_scope_config(cfg, "mmdet"):
         return []
     classes = _train_classes(cfg)
-    if classes is None:
-        return []
+    if classes is None or "language_model" in (cfg.get("model") or {}):
+        return []  # open-vocabulary detectors take their classes from text
     return [Finding(
         ERROR, key + ".num_classes",
         f"{key}.num_classes={node['num_classes']} but the training dataset's metainfo has "
@@ -429,7 +447,7 @@ def check_detection_classes(target: Target) -> List[Finding]:
         f"{key}.num_classes={len(classes)}",
     ) for key, node in walk_dicts(cfg.get("model"), "model")
         if isinstance(node.get("num_classes"), int) and node["num_classes"] != len(classes)
-        and not key.endswith("rpn_head")]  # proposals are class-agnostic
+        and CLASS_HEAD.search(key)]
 
 
 def _train_classes(cfg: dict) -> Optional[list]:
@@ -466,7 +484,9 @@ def check_mode_switch_epoch(target: Target) -> List[Finding]:
     """RTMOModeSwitchHook switches that never happen or crash."""
     findings = []
     for key, hook in custom_hooks(target.cfg, "RTMOModeSwitchHook"):
-        epoch_attributes = hook.get("epoch_attributes") or {}
+        epoch_attributes = hook.get("epoch_attributes")
+        if not isinstance(epoch_attributes, dict):
+            continue  # mmpose itself rejects it when building the hook
         key = f"{key}.epoch_attributes"
         findings += _unreached_switch(target, key, epoch_attributes)
         findings += _malformed_switch(key, epoch_attributes)

@@ -61,6 +61,19 @@ def test_stock_configs_at_their_published_launch_are_clean(tmp_path, base):
     assert diagnose(tmp_path, base) == []
 
 
+@pytest.mark.parametrize("base", [
+    "mmdet::fast_rcnn/fast-rcnn_r50_fpn_1x_coco.py",  # RandomFlip inside ProposalBroadcaster
+    "mmdet::htc/htc_r50_fpn_1x_coco.py",  # semantic_head.num_classes=183 counts stuff classes
+    "mmpose::hand_2d_keypoint/rtmpose/coco_wholebody_hand/"
+    "rtmpose-m_8xb32-210e_coco-wholebody-hand-256x256.py",  # a subset of coco_wholebody
+    "mmpose::body_2d_keypoint/rtmpose/humanart/rtmpose-s_8xb256-420e_humanart-256x192.py",
+])
+def test_stock_configs_that_resemble_a_pitfall_have_no_error(tmp_path, base):
+    launch = re.search(r"(\d+)xb(\d+)", base)
+    findings = diagnose(tmp_path, base, launch=(int(launch[1]), int(launch[2])) if launch else (8, 2))
+    assert [f for f in findings if f.severity == doctor.ERROR] == []
+
+
 # ------------------------------------------------------------------ validation pipeline
 def test_rtmo_trained_with_the_validation_pipeline(tmp_path):
     findings = diagnose(tmp_path, RTMO_S, """
