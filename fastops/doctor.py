@@ -84,6 +84,11 @@ class Target:
     nproc: int
     batch_per_proc: int
 
+    @property
+    def trains(self) -> bool:
+        """The config sets up training (tracking / test-only configs set these to None)."""
+        return bool(self.cfg.get("train_dataloader")) and bool(self.cfg.get("train_cfg"))
+
     @functools.cached_property
     def ancestors(self) -> List[Tuple[str, dict]]:
         """(path, merged config) of every `_base_` in the chain, nearest first."""
@@ -245,8 +250,8 @@ def check_validation_pipeline_in_training(target: Target) -> List[Finding]:
         missing = [t for t in augmentations(base_cfg) if t not in train_types]
         val_only = [t for t in train_types
                     if VAL_RESIZE.search(t) and t in val_types and t not in base_train]
-        if not missing or not (val_only or not augmentations(cfg)):
-            return []
+        if not missing or any("Flip" not in t for t in augmentations(cfg)):
+            return []  # a flip alone does not make a validation pipeline a training one
         reference = (f"lacks {', '.join(missing)} that the base config "
                      f"{os.path.basename(base_path)} trains with")
     elif train_types and train_types == val_types:
@@ -451,11 +456,13 @@ def check_detection_classes(target: Target) -> List[Finding]:
 
 
 def _train_classes(cfg: dict) -> Optional[list]:
-    """`classes` of the outermost training dataset that declares them."""
+    """Object classes of the outermost training dataset that declares them (a panoptic
+    dataset's `thing_classes`: its stuff classes have no boxes)."""
     for _, dataset in iter_datasets(lookup(cfg, "train_dataloader.dataset"), ""):
         metainfo = dataset_metainfo(dataset, "mmdet") or {}
-        if metainfo.get("classes"):
-            return list(metainfo["classes"])
+        classes = metainfo.get("thing_classes") or metainfo.get("classes")
+        if classes:
+            return list(classes)
     return None
 
 
@@ -652,7 +659,9 @@ CHECKS = (
 
 
 def run_checks(target: Target) -> List[Finding]:
-    """Every finding, errors first."""
+    """Every finding, errors first; none for a config that does not train."""
+    if not target.trains:
+        return []
     findings = [finding for check in CHECKS for finding in check(target)]
     return sorted(findings, key=lambda f: f.severity != ERROR)
 
@@ -669,7 +678,12 @@ def format_report(target: Target, findings: List[Finding]) -> str:
                   f"  fix:     {finding.fix}"]
     errors = sum(f.severity == ERROR for f in findings)
     warnings = len(findings) - errors
-    lines += ["", f"{errors} error(s), {warnings} warning(s)." if findings else "No problems found."]
+    if not target.trains:
+        lines += ["", "Not a training config (train_dataloader or train_cfg is unset): nothing to "
+                  "check."]
+    else:
+        lines += ["", f"{errors} error(s), {warnings} warning(s)." if findings
+                  else "No problems found."]
     return "\n".join(lines)
 
 

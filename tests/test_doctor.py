@@ -67,6 +67,8 @@ def test_stock_configs_at_their_published_launch_are_clean(tmp_path, base):
     "mmpose::hand_2d_keypoint/rtmpose/coco_wholebody_hand/"
     "rtmpose-m_8xb32-210e_coco-wholebody-hand-256x256.py",  # a subset of coco_wholebody
     "mmpose::body_2d_keypoint/rtmpose/humanart/rtmpose-s_8xb256-420e_humanart-256x192.py",
+    "mmdet::panoptic_fpn/panoptic-fpn_r50_fpn_1x_coco.py",  # 80 thing + 53 stuff classes
+    "mmdet::yolo/yolov3_mobilenetv2_8xb24-320-300e_coco.py",  # fixed Resize, other augmentations
 ])
 def test_stock_configs_that_resemble_a_pitfall_have_no_error(tmp_path, base):
     launch = re.search(r"(\d+)xb(\d+)", base)
@@ -383,6 +385,13 @@ def test_main_exit_codes_and_report(tmp_path, capsys):
     warned = write_config(tmp_path, RTMO_S, name="warned.py")
     assert doctor.main([warned, "--batch-per-proc", "16"]) == 0  # a warning only
     assert "lr=0.00025 " in capsys.readouterr().out  # 0.004 x 16 / 256
+
+
+def test_a_config_that_does_not_train_is_not_checked(tmp_path, capsys):
+    sort = "mmdet::sort/sort_faster-rcnn_r50_fpn_8xb2-4e_mot17halftrain_test-mot17halfval.py"
+    needs(sort)
+    assert doctor.main([write_config(tmp_path, sort)]) == 0  # train_dataloader = None
+    assert "Not a training config" in capsys.readouterr().out
 
 
 def test_main_rejects_a_zero_process_count(tmp_path):
