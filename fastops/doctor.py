@@ -254,7 +254,7 @@ def check_validation_pipeline_in_training(target: Target) -> List[Finding]:
             return []  # a flip alone does not make a validation pipeline a training one
         reference = (f"lacks {', '.join(missing)} that the base config "
                      f"{os.path.basename(base_path)} trains with")
-    elif train_types and train_types == val_types:
+    elif train_types == val_types and any(VAL_RESIZE.search(t) for t in train_types):
         missing, val_only = [], []
         reference = "is identical to val_dataloader's pipeline"
     else:
