@@ -252,21 +252,22 @@ def check_validation_pipeline_in_training(target: Target) -> List[Finding]:
                     if VAL_RESIZE.search(t) and t in val_types and t not in base_train]
         if not missing or any("Flip" not in t for t in augmentations(cfg)):
             return []  # a flip alone does not make a validation pipeline a training one
-        reference = (f"lacks {', '.join(missing)} that the base config "
-                     f"{os.path.basename(base_path)} trains with")
+        uses = f"uses {', '.join(val_only)} and " if val_only else ""
+        problem = (f"{uses}lacks {', '.join(missing)} that the base config "
+                   f"{os.path.basename(base_path)} trains with")
+        fix = ("inherit the base config's train pipeline (drop the `pipeline=` override of "
+               f"train_dataloader.dataset) or put back {', '.join(missing)}")
     elif train_types == val_types and any(VAL_RESIZE.search(t) for t in train_types):
-        missing, val_only = [], []
-        reference = "is identical to val_dataloader's pipeline"
+        problem = "is identical to val_dataloader's pipeline"
+        fix = "add random augmentations (flip, random resize / affine, ...) to the train pipeline"
     else:
         return []
-    uses = f"uses {', '.join(val_only)} and " if val_only else ""
     return [Finding(
         ERROR, pipeline_key(train_dataset, "train_dataloader.dataset"),
-        f"the training pipeline {uses}{reference}: it is the validation pipeline",
+        f"the training pipeline {problem}: it is the validation pipeline",
         "a validation pipeline only resizes: every epoch shows the model the same images, so it "
         "overfits and the published accuracy is not reached",
-        "inherit the base config's train pipeline (drop the `pipeline=` override of "
-        "train_dataloader.dataset)" + (f" or put back {', '.join(missing)}" if missing else ""),
+        fix,
     )]
 
 
@@ -337,19 +338,27 @@ def check_dataset_metainfo(target: Target) -> List[Finding]:
     num_keypoints = lookup(cfg, "model.head.num_keypoints")
     findings = []
     for loader in ("train_dataloader", "val_dataloader"):
-        counted = False
-        for key, dataset in iter_datasets(lookup(cfg, f"{loader}.dataset"), f"{loader}.dataset"):
-            metainfo = _pose_metainfo(dataset)
-            if metainfo is None:
-                continue
-            findings += _annotation_vs_metainfo(key, dataset, metainfo)
-            if not counted and num_keypoints is not None:
-                findings += _keypoint_count(f"{key}.metainfo", metainfo, num_keypoints)
-            counted = True  # wrapped datasets map their keypoints to the outer metainfo
+        findings += _dataset_tree_metainfo(lookup(cfg, f"{loader}.dataset"), f"{loader}.dataset",
+                                           num_keypoints)
     for key, node in walk_dicts(lookup(cfg, "model.head"), "model.head"):
         if isinstance(node.get("metainfo"), str) and num_keypoints is not None:
             metainfo = _pose_metainfo(dict(metainfo=dict(from_file=node["metainfo"])))
             findings += _keypoint_count(f"{key}.metainfo", metainfo, num_keypoints)
+    return findings
+
+
+def _dataset_tree_metainfo(dataset: Any, key: str,
+                           num_keypoints: Optional[int]) -> List[Finding]:
+    findings = []
+    counted = False
+    for key, node in iter_datasets(dataset, key):
+        metainfo = _pose_metainfo(node)
+        if metainfo is None:
+            continue
+        findings += _annotation_vs_metainfo(key, node, metainfo)
+        if not counted and num_keypoints is not None:
+            findings += _keypoint_count(f"{key}.metainfo", metainfo, num_keypoints)
+        counted = True  # wrapped datasets map their keypoints to the outer metainfo
     return findings
 
 
