@@ -3,9 +3,9 @@
 ``python -m fastops synth --out DIR --kind keypoints|detection --images N [--size S] [--seed K]``
 writes ``DIR/images/*.jpg`` and ``DIR/annotations/train.json``:
 
-* ``keypoints``: 1-3 stick figures per image with the 17 COCO keypoints, all visible
+* ``keypoints``: 1-3 non-overlapping stick figures per image with the 17 COCO keypoints, all visible
   (``v=2``), one category ``person`` with COCO's keypoint names and skeleton.
-* ``detection``: 1-4 filled shapes per image; the category is the shape (circle, square,
+* ``detection``: 1-4 non-overlapping filled shapes per image; the category is the shape (circle, square,
   triangle), each drawn in its own hue so colour and shape both identify it.
 
 Images are uniform grey with mild noise, so the objects are easy to find; the same seed gives
@@ -88,13 +88,17 @@ def hsv_color(hue: int, rng: np.random.Generator):
     return tuple(int(c) for c in cv2.cvtColor(hsv, cv2.COLOR_HSV2BGR)[0, 0])
 
 
-def draw_shape(img: np.ndarray, rng: np.random.Generator, label: int) -> dict:
-    """Draws one shape of category ``label`` (0-based) and returns its annotation."""
-    size = img.shape[0]
+def shape_box(rng: np.random.Generator, size: int) -> np.ndarray:
+    """A random square xyxy box inside the image, 12-35% of its side."""
     side = rng.uniform(0.12, 0.35) * size
     x0, y0 = rng.uniform(2, size - side - 2, size=2)
+    return np.array([x0, y0, x0 + side, y0 + side])
+
+
+def draw_shape(img: np.ndarray, rng: np.random.Generator, label: int, box: np.ndarray) -> dict:
+    """Draws the shape of category ``label`` (0-based) filling ``box``; returns its annotation."""
+    x0, y0, side = box[0], box[1], box[2] - box[0]
     color = hsv_color(SHAPE_HUES[label], rng)
-    box = np.array([x0, y0, x0 + side, y0 + side])
     corner, far = box[:2].round().astype(int), box[2:].round().astype(int)
     if SHAPES[label] == "circle":
         cv2.circle(img, tuple((corner + far) // 2), int(side / 2), color, -1, cv2.LINE_AA)
@@ -112,20 +116,38 @@ def blank_image(rng: np.random.Generator, size: int) -> np.ndarray:
     return np.clip(110.0 + noise, 0, 255).astype(np.uint8)
 
 
-def keypoint_image(rng: np.random.Generator, size: int):
+def overlaps(box, boxes) -> bool:
+    """Whether xyxy ``box`` intersects any of ``boxes``."""
+    return any(box[0] < b[2] and b[0] < box[2] and box[1] < b[3] and b[1] < box[3] for b in boxes)
+
+
+def keypoint_image(rng: np.random.Generator, size: int, tries: int = 20):
+    """1-3 people that do not overlap (so every keypoint is visible); fewer if they do not fit."""
     img = blank_image(rng, size)
-    anns = []
+    anns, boxes = [], []
     for _ in range(rng.integers(1, 4)):
-        kpts = place_person(rng, size)
-        draw_person(img, kpts, hsv_color(int(rng.integers(0, 180)), rng))
-        anns.append(person_annotation(kpts))
+        for _ in range(tries):
+            kpts = place_person(rng, size)
+            box = np.concatenate([kpts.min(0) - 3, kpts.max(0) + 3])
+            if not overlaps(box, boxes):
+                draw_person(img, kpts, hsv_color(int(rng.integers(0, 180)), rng))
+                anns.append(person_annotation(kpts))
+                boxes.append(box)
+                break
     return img, anns
 
 
-def detection_image(rng: np.random.Generator, size: int):
+def detection_image(rng: np.random.Generator, size: int, tries: int = 20):
+    """1-4 shapes that do not overlap; fewer if they do not fit."""
     img = blank_image(rng, size)
-    anns = [draw_shape(img, rng, int(rng.integers(0, len(SHAPES))))
-            for _ in range(rng.integers(1, 5))]
+    anns, boxes = [], []
+    for _ in range(rng.integers(1, 5)):
+        for _ in range(tries):
+            label, box = int(rng.integers(0, len(SHAPES))), shape_box(rng, size)
+            if not overlaps(box, boxes):
+                anns.append(draw_shape(img, rng, label, box))
+                boxes.append(box)
+                break
     return img, anns
 
 
