@@ -17,15 +17,21 @@ import ctypes
 import glob
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
-import shutil
 import traceback
 
 import numpy as np
 import torch
 import torch.distributed as dist
+from mmengine.config import Config, DictAction
+from mmengine.hooks import Hook
+from mmengine.logging import HistoryBuffer
+from mmengine.optim import AmpOptimWrapper, OptimWrapper
+from mmengine.registry import OPTIM_WRAPPERS, RUNNERS
+from mmengine.runner import Runner
 
 ERROR_DIR_ENV = "FASTOPS_ERROR_DIR"
 ARGV_ENV = "FASTOPS_TRAIN_ARGV"
@@ -42,9 +48,44 @@ class SimulatedInterrupt(Exception):
     """Raised by ``--stop-after-iter`` to stop every rank as an interruption would."""
 
 
-def parse_args(argv):
-    from mmengine.config import DictAction
+class StopAfterIter(Hook):
+    """``--stop-after-iter K``: every rank stops after iteration K, after its checkpoint."""
 
+    priority = "LOWEST"  # runs after CheckpointHook (VERY_LOW) has saved iteration K
+
+    def __init__(self, stop_after_iter: int):
+        self.stop_after_iter = stop_after_iter
+
+    def after_train_iter(self, runner, batch_idx, data_batch=None, outputs=None):
+        if runner.iter + 1 == self.stop_after_iter:
+            raise SimulatedInterrupt(f"stopped after iteration {self.stop_after_iter}")
+
+
+@OPTIM_WRAPPERS.register_module()
+class CPUAmpOptimWrapper(AmpOptimWrapper):
+    """``AmpOptimWrapper`` on CPU: bfloat16 autocast and ``torch.amp.GradScaler("cpu")``.
+
+    mmengine's ``AmpOptimWrapper`` asserts a GPU and builds a CUDA grad scaler; this keeps its
+    backward/step/autocast logic and its ``loss_scale`` options ('dynamic', a float, or
+    GradScaler kwargs). The launcher swaps it in for ``AmpOptimWrapper`` on CPU.
+    """
+
+    def __init__(self, loss_scale="dynamic", dtype="bfloat16", **kwargs):
+        OptimWrapper.__init__(self, **kwargs)  # skips AmpOptimWrapper's GPU-only setup
+        self._scale_update_param = None
+        if loss_scale == "dynamic":
+            self.loss_scaler = torch.amp.GradScaler("cpu")
+        elif isinstance(loss_scale, float):
+            self._scale_update_param = loss_scale
+            self.loss_scaler = torch.amp.GradScaler("cpu", init_scale=loss_scale)
+        elif isinstance(loss_scale, dict):
+            self.loss_scaler = torch.amp.GradScaler("cpu", **loss_scale)
+        else:
+            raise TypeError(f"loss_scale must be 'dynamic', a float or a dict, got {loss_scale!r}")
+        self.cast_dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
+
+
+def parse_args(argv):
     parser = argparse.ArgumentParser(prog="python -m fastops train", description=__doc__.split("\n")[0])
     parser.add_argument("config", help="config file (may inherit mmdet:: / mmpose:: configs)")
     parser.add_argument("--nproc", type=int, default=1, help="processes (one per GPU on GPU)")
@@ -69,8 +110,6 @@ def parse_args(argv):
 # ---------------------------------------------------------------------------------------------
 def load_config(args):
     """The config with the command line applied; LaunchError if it cannot be loaded."""
-    from mmengine.config import Config
-
     if not os.path.isfile(args.config):
         raise LaunchError(f"config file {args.config!r} does not exist")
     try:
@@ -257,8 +296,6 @@ def checkpoint_safe_globals():
     numpy arrays and scalars in the logged metadata. Found with
     ``torch.serialization.get_unsafe_globals_in_checkpoint`` on RTMO, Faster R-CNN and YOLOX
     checkpoints."""
-    from mmengine.logging import HistoryBuffer
-
     try:
         from numpy._core.multiarray import _reconstruct, scalar
     except ImportError:  # numpy < 2
@@ -286,63 +323,14 @@ def adapt_to_cpu(cfg) -> None:
     cfg.model_wrapper_cfg.setdefault("type", "MMDistributedDataParallel")
     cfg.setdefault("env_cfg", {}).setdefault("dist_cfg", {})["backend"] = "gloo"
     if cfg.optim_wrapper.get("type") == "AmpOptimWrapper":
-        cfg.optim_wrapper.type = register_cpu_amp_optim_wrapper()
+        cfg.optim_wrapper.type = "CPUAmpOptimWrapper"
         cfg.optim_wrapper.dtype = "bfloat16"  # mmengine's CPU autocast takes only bfloat16
 
 
-def register_cpu_amp_optim_wrapper() -> str:
-    """Registers (once) an ``AmpOptimWrapper`` for CPU; returns its registry name.
-
-    mmengine's ``AmpOptimWrapper`` asserts a GPU and builds a CUDA grad scaler; this variant keeps
-    its backward/step/autocast logic and swaps in ``torch.amp.GradScaler("cpu")`` with the same
-    ``loss_scale`` options ('dynamic', a float, or GradScaler kwargs).
-    """
-    from mmengine.optim import AmpOptimWrapper, OptimWrapper
-    from mmengine.registry import OPTIM_WRAPPERS
-
-    name = "CPUAmpOptimWrapper"
-    if OPTIM_WRAPPERS.get(name) is not None:
-        return name
-
-    class CPUAmpOptimWrapper(AmpOptimWrapper):
-        def __init__(self, loss_scale="dynamic", dtype="bfloat16", **kwargs):
-            OptimWrapper.__init__(self, **kwargs)  # skips AmpOptimWrapper's GPU-only setup
-            self._scale_update_param = None
-            if loss_scale == "dynamic":
-                self.loss_scaler = torch.amp.GradScaler("cpu")
-            elif isinstance(loss_scale, float):
-                self._scale_update_param = loss_scale
-                self.loss_scaler = torch.amp.GradScaler("cpu", init_scale=loss_scale)
-            elif isinstance(loss_scale, dict):
-                self.loss_scaler = torch.amp.GradScaler("cpu", **loss_scale)
-            else:
-                raise TypeError(f"loss_scale must be 'dynamic', a float or a dict, got {loss_scale!r}")
-            self.cast_dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
-
-    OPTIM_WRAPPERS.register_module(name=name, module=CPUAmpOptimWrapper)
-    return name
-
-
 def build_runner(cfg):
-    from mmengine.registry import RUNNERS
-    from mmengine.runner import Runner
-
     if "runner_type" in cfg:
         return RUNNERS.build(cfg)
     return Runner.from_cfg(cfg)
-
-
-def stop_hook(stop_after_iter):
-    from mmengine.hooks import Hook
-
-    class StopAfterIter(Hook):
-        priority = "LOWEST"  # after the checkpoint hook has saved this iteration
-
-        def after_train_iter(self, runner, batch_idx, data_batch=None, outputs=None):
-            if runner.iter + 1 == stop_after_iter:
-                raise SimulatedInterrupt(f"stopped after iteration {stop_after_iter}")
-
-    return StopAfterIter()
 
 
 def report_error(err) -> None:
@@ -362,7 +350,7 @@ def run_worker(args) -> None:
         adapt_to_cpu(cfg)
     runner = build_runner(cfg)
     if args.stop_after_iter:
-        runner.register_hook(stop_hook(args.stop_after_iter))
+        runner.register_hook(StopAfterIter(args.stop_after_iter))
     if args.time_assigner:
         from .assign_timing import AssignerTimingHook
 
