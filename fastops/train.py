@@ -14,7 +14,9 @@ the launcher prints that rank's error, and no worker outlives the launcher.
 """
 import argparse
 import ctypes
+import functools
 import glob
+import importlib
 import json
 import os
 import shutil
@@ -36,6 +38,8 @@ from mmengine.runner import Runner
 ERROR_DIR_ENV = "FASTOPS_ERROR_DIR"
 ARGV_ENV = "FASTOPS_TRAIN_ARGV"
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
+# mmcv ops whose CPU kernels are float32-only: (module, function) as mmdet calls them.
+MMCV_FLOAT32_OPS = (("mmcv.ops.nms", "nms"), ("mmcv.ops.roi_align", "roi_align"))
 # torchrun logs this (then its own traceback) when a worker exits with an error.
 TORCHRUN_FAILURE_LINE = "elastic/multiprocessing/api.py"
 
@@ -325,6 +329,41 @@ def adapt_to_cpu(cfg) -> None:
     if cfg.optim_wrapper.get("type") == "AmpOptimWrapper":
         cfg.optim_wrapper.type = "CPUAmpOptimWrapper"
         cfg.optim_wrapper.dtype = "bfloat16"  # mmengine's CPU autocast takes only bfloat16
+        run_mmcv_ops_in_float32()
+
+
+def float32_inputs(op):
+    """``op`` run in float32 when given reduced-precision tensors; its float32 outputs are cast
+    back to that precision, as an autocast-aware op would return them."""
+    low_precision = (torch.bfloat16, torch.float16)
+
+    def cast(value, dtype, from_dtypes):
+        is_from = isinstance(value, torch.Tensor) and value.dtype in from_dtypes
+        return value.to(dtype) if is_from else value
+
+    @functools.wraps(op)
+    def op_in_float32(*args, **kwargs):
+        dtypes = [v.dtype for v in (*args, *kwargs.values())
+                  if isinstance(v, torch.Tensor) and v.dtype in low_precision]
+        if not dtypes:
+            return op(*args, **kwargs)
+        args = [cast(v, torch.float32, low_precision) for v in args]
+        kwargs = {key: cast(v, torch.float32, low_precision) for key, v in kwargs.items()}
+        out = op(*args, **kwargs)
+        if isinstance(out, tuple):
+            return tuple(cast(v, dtypes[0], (torch.float32,)) for v in out)
+        return cast(out, dtypes[0], (torch.float32,))
+
+    return op_in_float32
+
+
+def run_mmcv_ops_in_float32() -> None:
+    """mmcv's CPU kernels (nms, roi_align) take float32 only and bypass autocast, so under
+    bfloat16 autocast their inputs are cast to float32 (their module-level entry points, which
+    mmdet's batched_nms and RoIAlign look up at call time, are replaced)."""
+    for module_name, op_name in MMCV_FLOAT32_OPS:
+        module = importlib.import_module(module_name)
+        setattr(module, op_name, float32_inputs(getattr(module, op_name)))
 
 
 def build_runner(cfg):
