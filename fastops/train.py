@@ -298,13 +298,15 @@ def checkpoint_safe_globals():
     """The globals an mmengine checkpoint pickles besides tensors: the message hub's
     HistoryBuffer (whose statistics methods pickle as ``getattr(HistoryBuffer, 'min')``) and
     numpy arrays and scalars in the logged metadata. Found with
-    ``torch.serialization.get_unsafe_globals_in_checkpoint`` on RTMO, Faster R-CNN and YOLOX
-    checkpoints."""
+    ``torch.serialization.get_unsafe_globals_in_checkpoint`` (and the dtypes of the numpy
+    values) on RTMO and Faster R-CNN smoke checkpoints."""
     try:
         from numpy._core.multiarray import _reconstruct, scalar
     except ImportError:  # numpy < 2
         from numpy.core.multiarray import _reconstruct, scalar
-    dtype_classes = [type(np.dtype(name)) for name in ("float64", "float32", "int64")]
+    # dtypes of the logged scalars (float64, int64) and of mmpose's dataset_meta arrays
+    # (float32 sigmas, uint8 colours)
+    dtype_classes = [type(np.dtype(name)) for name in ("float64", "int64", "float32", "uint8")]
     return [HistoryBuffer, getattr, np.ndarray, np.dtype, *dtype_classes, _reconstruct, scalar]
 
 
@@ -322,14 +324,14 @@ def init_process_group() -> None:
 
 
 def adapt_to_cpu(cfg) -> None:
-    """mmengine's defaults assume a GPU per rank: DDP without device ids, gloo, CPU AMP."""
+    """mmengine's defaults assume a GPU per rank: DDP without device ids, gloo, and
+    ``AmpOptimWrapper`` becomes ``CPUAmpOptimWrapper`` (bfloat16)."""
     cfg.model_wrapper_cfg = dict(cfg.get("model_wrapper_cfg") or {}, device_ids=None)
     cfg.model_wrapper_cfg.setdefault("type", "MMDistributedDataParallel")
     cfg.setdefault("env_cfg", {}).setdefault("dist_cfg", {})["backend"] = "gloo"
     if cfg.optim_wrapper.get("type") == "AmpOptimWrapper":
         cfg.optim_wrapper.type = "CPUAmpOptimWrapper"
         cfg.optim_wrapper.dtype = "bfloat16"  # mmengine's CPU autocast takes only bfloat16
-        run_mmcv_ops_in_float32()
 
 
 def float32_inputs(op):
@@ -387,6 +389,8 @@ def run_worker(args) -> None:
     cfg = load_config(args)
     if not torch.cuda.is_available():
         adapt_to_cpu(cfg)
+        if cfg.optim_wrapper.type == "CPUAmpOptimWrapper":
+            run_mmcv_ops_in_float32()
     runner = build_runner(cfg)
     if args.stop_after_iter:
         runner.register_hook(StopAfterIter(args.stop_after_iter))

@@ -70,9 +70,9 @@ model = dict(
             ffn_cfg=dict(embed_dims=128, feedforward_channels=256)),
         projector=dict(in_channels=[128, 128], out_channels=128)),
     head=dict(
-        head_module_cfg=dict(
-            in_channels=128, cls_feat_channels=128, pose_vec_channels=128,
-            widen_factor=widen_factor),
+        # RTMOHeadModule scales in_channels (256 -> 64, half of the projector's 128 output)
+        # and cls_feat_channels by widen_factor; pose_vec_channels feeds the DCC.
+        head_module_cfg=dict(pose_vec_channels=128, widen_factor=widen_factor),
         dcc_cfg=dict(in_channels=128, feat_channels=64, spe_channels=64,
                      gau_cfg=dict(s=64))),
     test_cfg=dict(input_size=input_size))
