@@ -153,6 +153,13 @@ def dataset_configs(node, where):
             yield from dataset_configs(item, f"{where}[{i}]")
 
 
+def check_devices(nproc: int) -> None:
+    """On GPU every process gets its own device."""
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if gpus and nproc > gpus:
+        raise LaunchError(f"--nproc {nproc} needs {nproc} GPUs, this machine has {gpus}")
+
+
 def check_data(cfg) -> None:
     """LaunchError naming the config key when an annotation file or image folder is missing."""
     loaders = ["train_dataloader"] + (["val_dataloader"] if cfg.get("val_cfg") else [])
@@ -283,6 +290,7 @@ def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parse_args(argv)
     try:
+        check_devices(args.nproc)
         cfg = load_config(args)
         check_data(cfg)
     except LaunchError as err:

@@ -190,3 +190,18 @@ def test_unknown_type_reports_the_failing_rank_and_leaves_no_workers(keypoint_da
     assert "Traceback" not in done.stderr and "ChildFailedError" not in done.stderr
     assert "full traceback" in done.stderr and os.listdir(tmp_path / "fastops_errors")
     assert processes_with_env(str(tmp_path / "fastops_errors")) == []
+
+
+@pytest.mark.slow
+def test_demo_trains_times_both_assigners_and_names_the_checkpoint(tmp_path):
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([REPO, os.environ.get("PYTHONPATH", "")]))
+    done = subprocess.run(
+        [sys.executable, "-m", "fastops", "demo", "--work-dir", str(tmp_path), "--images", "8",
+         "--iters", "4"], capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert [r["iter"] for r in training_log(tmp_path)] == [1, 2, 3, 4]
+    # 2 ranks x 4 iterations x 4 images, every image assigned by both assigners
+    assert "assignment over 32 images on 2 ranks" in done.stdout
+    assert "identical assignment in 32/32 images" in done.stdout
+    assert f"checkpoint: {tmp_path / 'iter_4.pth'}" in done.stdout
+    assert os.path.isfile(tmp_path / "iter_4.pth")
