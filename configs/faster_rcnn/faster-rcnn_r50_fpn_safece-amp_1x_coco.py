@@ -8,12 +8,12 @@ model = dict(
     rpn_head=dict(
         loss_cls=dict(
             type='SafeCrossEntropyLoss', use_sigmoid=True, loss_weight=1.0,
-            clamp=50.0, clamp_grad='zero')),
+            clamp=100.0, clamp_grad='zero')),
     roi_head=dict(
         bbox_head=dict(
             loss_cls=dict(
                 type='SafeCrossEntropyLoss', use_sigmoid=False, loss_weight=1.0,
-                clamp=50.0, clamp_grad='zero'))))
+                clamp=100.0, clamp_grad='zero'))))
 
 optim_wrapper = dict(type='AmpOptimWrapper', loss_scale='dynamic')
 
