@@ -61,9 +61,10 @@ def main(argv=None) -> int:
     data_dir = os.path.join(work_dir, "data")
     print(f"[demo] 1/3 synthetic keypoint set: {args.images} images -> {data_dir}", flush=True)
     synth.generate(data_dir, "keypoints", args.images, size=320, seed=0)
-    print(f"[demo] 2/3 training {os.path.relpath(SMOKE_CONFIG)} on {args.nproc} processes", flush=True)
+    print(f"[demo] 2/3 training {os.path.relpath(SMOKE_CONFIG)} on {args.nproc} CPU processes",
+          flush=True)
     returncode = train.main([
-        SMOKE_CONFIG, "--nproc", str(args.nproc), "--work-dir", work_dir, "--time-assigner",
+        SMOKE_CONFIG, "--nproc", str(args.nproc), "--cpu", "--work-dir", work_dir, "--time-assigner",
         "--cfg-options", f"train_dataloader.dataset.data_root={data_dir}/",
         f"train_cfg.max_iters={args.iters}"])
     if returncode != 0:

@@ -19,6 +19,7 @@ import glob
 import importlib
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -93,6 +94,7 @@ def parse_args(argv):
     parser = argparse.ArgumentParser(prog="python -m fastops train", description=__doc__.split("\n")[0])
     parser.add_argument("config", help="config file (may inherit mmdet:: / mmpose:: configs)")
     parser.add_argument("--nproc", type=int, default=1, help="processes (one per GPU on GPU)")
+    parser.add_argument("--cpu", action="store_true", help="train on CPU (gloo) even if GPUs exist")
     parser.add_argument("--amp", action="store_true", help="mixed precision (bfloat16 on CPU)")
     parser.add_argument("--resume", nargs="?", const="auto", default=None, metavar="CKPT",
                         help="resume from CKPT, or from the work dir's latest checkpoint")
@@ -211,53 +213,72 @@ def stop_process_group(proc, grace_s=15.0) -> None:
     proc.wait()
 
 
-def forward_worker_output(stream) -> None:
-    """Copies the workers' stderr through, minus torchrun's own traceback once a worker failed
-    (the launcher reports the failing rank's error itself)."""
-    torchrun_report = False
+def forward_worker_output(stream) -> list:
+    """Copies the workers' stderr through until torchrun reports a failed worker; returns
+    torchrun's report (its own traceback), shown only when no worker left an error report."""
+    torchrun_report = []
     for line in stream:
-        torchrun_report = torchrun_report or TORCHRUN_FAILURE_LINE in line
-        if not torchrun_report:
+        if torchrun_report or TORCHRUN_FAILURE_LINE in line:
+            torchrun_report.append(line)
+        else:
             sys.stderr.write(line)
             sys.stderr.flush()
+    return torchrun_report
 
 
-def first_failure(error_dir):
-    """(rank, traceback file) of the rank that failed first, or None."""
-    reports = sorted(glob.glob(os.path.join(error_dir, "rank*.txt")), key=os.path.getmtime)
-    if not reports:
+def root_cause(torchrun_report):
+    """(rank, exit code, summary) of torchrun's "first observed failure", or None."""
+    text = "".join(torchrun_report)
+    block = text[text.find("Root Cause"):] if "Root Cause" in text else ""
+    fields = {key: re.search(rf"{key}\s*:\s*(.+)", block) for key in ("rank", "exitcode", "traceback")}
+    if not all(fields.values()):
         return None
-    return os.path.basename(reports[0])[len("rank"):-len(".txt")], reports[0]
+    rank = fields["rank"].group(1).split()[0]
+    return rank, fields["exitcode"].group(1).strip(), fields["traceback"].group(1).strip()
 
 
-def report_failure(error_dir, returncode) -> None:
-    failure = first_failure(error_dir)
-    if failure is None:
+def earliest_error_report(error_dir):
+    """The rank whose worker wrote its error report first, or None."""
+    reports = sorted(glob.glob(os.path.join(error_dir, "rank*.txt")), key=os.path.getmtime)
+    return os.path.basename(reports[0])[len("rank"):-len(".txt")] if reports else None
+
+
+def report_failure(error_dir, returncode, torchrun_report) -> None:
+    """One line naming the rank that failed first and its error, and where its traceback is."""
+    cause = root_cause(torchrun_report)
+    rank = cause[0] if cause else earliest_error_report(error_dir)
+    report = os.path.join(error_dir, f"rank{rank}.txt")
+    if rank is not None and os.path.isfile(report):
+        with open(report) as f:
+            error = f.readline().strip()
+        print(f"fastops train: rank {rank} failed first: {error}\n  full traceback: {report}",
+              file=sys.stderr)
+    elif cause:  # killed without a Python error, e.g. by a signal
+        print(f"fastops train: rank {rank} failed first: exit code {cause[1]}, {cause[2]}",
+              file=sys.stderr)
+    else:
+        sys.stderr.write("".join(torchrun_report))
         print(f"fastops train: torchrun exited with status {returncode}", file=sys.stderr)
-        return
-    rank, report = failure
-    with open(report) as f:
-        error = f.readline().strip()
-    print(f"fastops train: rank {rank} failed first: {error}\n  full traceback: {report}",
-          file=sys.stderr)
 
 
-def launch(argv, nproc, work_dir) -> int:
+def launch(argv, nproc, work_dir, hide_gpus=False) -> int:
     """Runs the workers under torchrun; returns their exit status."""
     error_dir = os.path.join(os.path.abspath(work_dir), "fastops_errors")
     shutil.rmtree(error_dir, ignore_errors=True)
     os.makedirs(error_dir)
     env = dict(os.environ, **{ERROR_DIR_ENV: error_dir, ARGV_ENV: json.dumps(argv)})
     env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
+    if hide_gpus:
+        env["CUDA_VISIBLE_DEVICES"] = ""
     proc = subprocess.Popen(torchrun_command(nproc), env=env, stderr=subprocess.PIPE,
                             text=True, start_new_session=True, preexec_fn=die_with_parent)
     try:
-        forward_worker_output(proc.stderr)
+        torchrun_report = forward_worker_output(proc.stderr)
         returncode = proc.wait()
     finally:
         stop_process_group(proc)
     if returncode != 0:
-        report_failure(error_dir, returncode)
+        report_failure(error_dir, returncode, torchrun_report)
     return returncode
 
 
@@ -290,13 +311,14 @@ def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parse_args(argv)
     try:
-        check_devices(args.nproc)
+        if not args.cpu:
+            check_devices(args.nproc)
         cfg = load_config(args)
         check_data(cfg)
     except LaunchError as err:
         print(f"fastops train: error: {err}", file=sys.stderr)
         return 2
-    return launch(argv, args.nproc, cfg.work_dir)
+    return launch(argv, args.nproc, cfg.work_dir, hide_gpus=args.cpu)
 
 
 # ---------------------------------------------------------------------------------------------

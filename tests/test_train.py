@@ -85,7 +85,9 @@ def test_rtmo_two_process_gloo_loss_goes_down(rtmo_run):
     work_dir, done = rtmo_run
     assert_trained(done, work_dir, SMOKE_ITERS)
     log = run_log_text(work_dir)
-    assert "Distributed training: True" in log and "GPU 0" not in log
+    assert "Distributed training: True" in log and "dist_cfg: {'backend': 'gloo'}" in log
+    assert "GPU number: 2" in log  # mmengine's label for the world size
+    assert "model_wrapper_cfg = dict(device_ids=None, type='MMDistributedDataParallel')" in log
     assert "batch size of 8 and the current batch size is 8" in log  # 2 processes x 4 images
     assert os.path.basename(latest_checkpoint(work_dir)) == f"iter_{SMOKE_ITERS}.pth"
 
