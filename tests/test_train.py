@@ -4,6 +4,7 @@ import math
 import os
 import subprocess
 import sys
+import time
 from unittest import mock
 
 import pytest
@@ -207,3 +208,22 @@ def test_demo_trains_times_both_assigners_and_names_the_checkpoint(tmp_path):
     assert "identical assignment in 32/32 images" in done.stdout
     assert f"checkpoint: {tmp_path / 'iter_4.pth'}" in done.stdout
     assert os.path.isfile(tmp_path / "iter_4.pth")
+
+
+@pytest.mark.slow
+def test_killing_the_launcher_stops_every_worker(keypoint_data, tmp_path):
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([REPO, os.environ.get("PYTHONPATH", "")]))
+    launcher = subprocess.Popen(
+        [sys.executable, "-m", "fastops", "train", RTMO_SMOKE, "--nproc", "2", "--work-dir",
+         str(tmp_path), "--cfg-options", f"train_dataloader.dataset.data_root={keypoint_data}/"],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    error_dir = str(tmp_path / "fastops_errors")
+    deadline = time.monotonic() + 120
+    while len(processes_with_env(error_dir)) < 3:  # torchrun + 2 workers
+        assert launcher.poll() is None and time.monotonic() < deadline
+        time.sleep(0.5)
+    launcher.kill()  # SIGKILL: the launcher cannot clean up; its children must follow
+    launcher.wait()
+    while processes_with_env(error_dir) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert processes_with_env(error_dir) == []
