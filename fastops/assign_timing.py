@@ -16,6 +16,7 @@ from mmengine.model import is_model_wrapper
 
 
 def stock_task_utils(head):
+    """The TASK_UTILS registry of the package the head comes from."""
     if type(head).__module__.startswith("mmdet"):
         from mmdet.registry import TASK_UTILS
     else:
