@@ -20,10 +20,11 @@ FASTER_RCNN = "mmdet::faster_rcnn/faster-rcnn_r50_fpn_1x_coco.py"
 YOLOX_S = "mmdet::yolox/yolox_s_8xb8-300e_coco.py"
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-# The launches the stock configs were published with (their NxbB names).
+# The launches the stock configs were published with: the NxbB of their names; Faster R-CNN
+# 1x, whose name has none, is 8 GPUs x 2 images (its auto_scale_lr.base_batch_size=16).
 PUBLISHED_LAUNCH = {RTMO_S: (8, 32), RTMO_M: (16, 16), FASTER_RCNN: (8, 2), YOLOX_S: (8, 8)}
 
-ROTATED_AUGMENT_PIPELINE = """[
+OWN_AUGMENT_PIPELINE = """[
     dict(type='LoadImage'),
     dict(type='BottomupRandomAffine', input_size=(640, 640), rotate_factor=10),
     dict(type='RandomFlip'),
@@ -98,7 +99,7 @@ def test_rtmo_trained_with_the_validation_pipeline(tmp_path):
 
 
 def test_rtmo_with_its_own_augmentations_is_not_the_validation_pipeline(tmp_path):
-    body = f"train_dataloader = dict(dataset=dict(pipeline={ROTATED_AUGMENT_PIPELINE}))\n"
+    body = f"train_dataloader = dict(dataset=dict(pipeline={OWN_AUGMENT_PIPELINE}))\n"
     assert keyed(diagnose(tmp_path, RTMO_S, body), "pipeline") == []
 
 
