@@ -10,7 +10,7 @@ commands:
   demo    synthetic keypoints + 2-process RTMO smoke training, fastops vs stock assignment time
   synth   write a synthetic COCO-format dataset (keypoints or detection)
   bench   run the benchmarks (pytest bench/ --benchmark-only)
-  doctor  check the installation (build, devices, OpenMMLab stack)
+  doctor  check a training config for known OpenMMLab pitfalls (see README)
 
 `python -m fastops COMMAND --help` shows a command's options."""
 
