@@ -44,8 +44,8 @@ bool cpu_has_avx2_fma() {
 }
 
 // exp(x) for x <= 88, Cephes single-precision polynomial (about 1 ulp): exp(x) = 2^n exp(r),
-// n = round(x / ln 2), r = x - n ln 2. Inputs below -87.3 return 2^-126 (callers only sum such
-// terms next to a term equal to 1, or mask them out).
+// n = round(x / ln 2), r = x - n ln 2. Inputs below -87.3 return 2^-126 instead of 0: callers
+// sum them next to a term of order 1 (negligible) or mask them out.
 FASTOPS_AVX2 inline __m256 exp256(__m256 x) {
   x = _mm256_max_ps(_mm256_min_ps(x, _mm256_set1_ps(88.3762626647949f)), _mm256_set1_ps(-87.3365478515625f));
   const __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
