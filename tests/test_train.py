@@ -19,6 +19,7 @@ from mmengine.runner import Runner  # noqa: E402
 from fastops import synth  # noqa: E402
 from fastops.train import (adapt_to_cpu, latest_checkpoint,  # noqa: E402
                            register_checkpoint_safe_globals, training_log)
+from fastops.train import main as train_main  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = os.path.join(REPO, "configs")
@@ -155,21 +156,28 @@ def test_auto_scale_lr_for_1_2_4_processes(config, base_lr, per_process, base_ba
         assert received == pytest.approx([lr * ratio for lr in unscaled], rel=1e-12)
 
 
-def test_missing_config_and_missing_data_are_clear(tmp_path):
-    missing = train(str(tmp_path / "nope.py"), tmp_path, tmp_path)
-    assert missing.returncode == 2
-    assert "config file" in missing.stderr and "does not exist" in missing.stderr
-    no_data = train(RTMO_SMOKE, tmp_path, tmp_path / "no_such_dir")
-    assert no_data.returncode == 2 and "Traceback" not in no_data.stderr
-    assert "train_dataloader.dataset.ann_file" in no_data.stderr and "fastops synth" in no_data.stderr
+def launcher_error(capsys, config, *options):
+    """(exit status, stderr) of the launcher's checks, run in this process: they stop before
+    any worker starts."""
+    status = train_main([config, "--nproc", "2", *(["--cfg-options", *options] if options else [])])
+    return status, capsys.readouterr().err
 
 
-def test_broken_config_is_clear(tmp_path):
+def test_missing_config_and_missing_data_are_clear(capsys, tmp_path):
+    status, err = launcher_error(capsys, str(tmp_path / "nope.py"))
+    assert status == 2 and "config file" in err and "does not exist" in err
+    status, err = launcher_error(capsys, RTMO_SMOKE, f"train_dataloader.dataset.data_root={tmp_path}/none/",
+                                 f"work_dir={tmp_path}")
+    assert status == 2 and "Traceback" not in err
+    assert "train_dataloader.dataset.ann_file" in err and "fastops synth" in err
+
+
+def test_broken_config_is_clear(capsys, tmp_path):
     broken = tmp_path / "broken.py"
     broken.write_text("_base_ = ['../smoke/rtmo_smoke.py']\nmodel = dict(head=dict(\n")
-    done = train(str(broken), tmp_path, tmp_path)
-    assert done.returncode == 2 and "Traceback" not in done.stderr
-    assert "cannot load config" in done.stderr and "SyntaxError" in done.stderr
+    status, err = launcher_error(capsys, str(broken), f"work_dir={tmp_path}")
+    assert status == 2 and "Traceback" not in err
+    assert "cannot load config" in err and "SyntaxError" in err
 
 
 def processes_with_env(text):
