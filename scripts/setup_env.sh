@@ -46,11 +46,17 @@ fi
 have mmdet 3.3.0 || pip mmdet==3.3.0
 if ! have mmpose 1.3.2; then
   # mmpose pins chumpy (unused, broken on Python 3.11): install it without deps plus its real deps.
-  pip json_tricks munkres opencv-python pillow scipy matplotlib "xtcocotools>=1.14"
+  pip json_tricks munkres opencv-python pillow scipy matplotlib cython
   pip --no-deps mmpose==1.3.2
+fi
+if ! "$py" -c "import xtcocotools.coco" 2>/dev/null; then
+  # xtcocotools' wheels are built against numpy 1.x ("numpy.dtype size changed" under numpy 2):
+  # build it from source against the venv's numpy.
+  log "building xtcocotools against the venv's numpy"
+  pip --no-binary xtcocotools --no-build-isolation --force-reinstall --no-deps "xtcocotools>=1.14"
 fi
 
 log "building fastops (MAX_JOBS=$MAX_JOBS)"
 (cd "$repo" && pip --no-build-isolation -e ".[test,bench]")
-"$py" -c "import fastops, mmdet, mmpose; print('fastops', fastops.__version__, 'cuda_built', fastops.cuda_built())"
+"$py" -c "import fastops, mmdet, mmpose.datasets; print('fastops', fastops.__version__, 'cuda_built', fastops.cuda_built())"
 log "done: activate with 'source $venv/bin/activate'"
