@@ -1,0 +1,70 @@
+"""One RTMO-s head training step (``head.loss()`` forward + backward of the summed losses, the head
+alone) at 640x640 with 5-20 people per image: mmpose RTMOHead vs FastRTMOHead, same weights and
+batch, batch 8 and 32.
+
+Run: PYTHONPATH=. python -m pytest bench/bench_fast_rtmo_head.py --benchmark-group-by=group
+Rows per group ``B=<batch>``:
+  stock             mmpose RTMOHead (per-image SimOTA loop, materialised DCC heatmaps)
+  stock-nhwc        the same with the neck features in channels-last layout (what the layout alone buys)
+  fast-two-changes  FastRTMOHead with ``channels_last_on_cpu=False`` (batched assign + fused MLE only)
+  fast              FastRTMOHead as shipped
+"""
+import os
+import sys
+
+import pytest
+import torch
+
+pytest.importorskip('mmpose')
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..', 'tests'))
+from rtmo_head_cases import head_loss_and_backward, stock_and_fast_heads, synthetic_batch  # noqa: E402
+
+SIZE = 640
+MIN_PEOPLE, MAX_PEOPLE = 5, 20
+VARIANTS = ['stock', 'stock-nhwc', 'fast-two-changes', 'fast']
+
+
+@pytest.fixture(scope='module')
+def heads():
+    return stock_and_fast_heads()
+
+
+def realistic_batch(batch_size: int, device: torch.device):
+    people = torch.randint(MIN_PEOPLE, MAX_PEOPLE + 1, (batch_size, ),
+                           generator=torch.Generator().manual_seed(batch_size)).tolist()
+    feats, samples = synthetic_batch(batch_size, people, SIZE)
+    feats = tuple(feat.to(device) for feat in feats)
+    for sample in samples:
+        sample.gt_instance_labels = sample.gt_instance_labels.to(device)
+    return feats, samples
+
+
+def head_step(heads, variant: str, batch_size: int, device: torch.device):
+    stock, fast = (head.to(device) for head in heads)
+    feats, samples = realistic_batch(batch_size, device)
+    if variant.startswith('stock'):
+        head = stock
+        if variant == 'stock-nhwc':
+            feats = tuple(feat.contiguous(memory_format=torch.channels_last) for feat in feats)
+    else:
+        head = fast
+        head.channels_last_on_cpu = variant == 'fast'
+    return lambda: head_loss_and_backward(head, feats, samples)
+
+
+@pytest.mark.parametrize('variant', VARIANTS)
+@pytest.mark.parametrize('batch_size', [8, 32])
+def test_head_loss_step_cpu(measure, benchmark, heads, variant, batch_size):
+    benchmark.group = f'B={batch_size} cpu'
+    step = head_step(heads, variant, batch_size, torch.device('cpu'))
+    measure(step, rounds=3 if batch_size == 8 else 2, warmup_rounds=0)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason='needs a CUDA device')
+@pytest.mark.parametrize('variant', ['stock', 'fast'])
+@pytest.mark.parametrize('batch_size', [8, 32])
+def test_head_loss_step_cuda(measure, benchmark, heads, variant, batch_size):
+    benchmark.group = f'B={batch_size} cuda'
+    device = torch.device('cuda')
+    measure(head_step(heads, variant, batch_size, device), device=device, rounds=10)
