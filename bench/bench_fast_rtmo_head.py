@@ -10,7 +10,11 @@ Rows per group ``B=<batch>``:
   fast              FastRTMOHead as shipped
 Each row also records ``cpu_s_min``/``cpu_s_median`` (extra_info): process CPU seconds per call
 (all threads), which a machine shared with other jobs disturbs less than wall time.
+
+Interleaved run (the variants alternate call by call, so a change in the machine's load hits all
+of them alike): PYTHONPATH=. python bench/bench_fast_rtmo_head.py --batch 8 --threads 1 --repeats 4
 """
+import argparse
 import os
 import sys
 import time
@@ -87,3 +91,34 @@ def test_head_loss_step_cuda(measure, benchmark, heads, variant, batch_size):
     benchmark.group = f'B={batch_size} cuda'
     device = torch.device('cuda')
     measure(head_step(heads, variant, batch_size, device), device=device, rounds=10)
+
+
+def interleaved(batch_size: int, repeats: int) -> dict:
+    """Wall seconds of each variant's calls, the variants called in turn; the first call of each
+    is a warm-up and is dropped."""
+    heads = stock_and_fast_heads()
+    steps = {variant: head_step(heads, variant, batch_size, torch.device('cpu')) for variant in VARIANTS}
+    seconds = {variant: [] for variant in VARIANTS}
+    for _ in range(repeats + 1):
+        for variant, step in steps.items():
+            heads[1].channels_last_on_cpu = variant == 'fast'
+            start = time.perf_counter()
+            step()
+            seconds[variant].append(time.perf_counter() - start)
+    return {variant: sorted(times[1:]) for variant, times in seconds.items()}
+
+
+if __name__ == '__main__':
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument('--batch', type=int, default=8)
+    parser.add_argument('--threads', type=int, default=torch.get_num_threads())
+    parser.add_argument('--repeats', type=int, default=4)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    results = interleaved(args.batch, args.repeats)
+    stock_median = results['stock'][len(results['stock']) // 2]
+    print(f'B={args.batch} threads={args.threads} repeats={args.repeats} torch {torch.__version__}')
+    for variant, times in results.items():
+        median = times[len(times) // 2]
+        print(f'{variant:17s} min {times[0]:7.3f} s  median {median:7.3f} s  '
+              f'stock/this (median) {stock_median / median:5.2f}x  all {[round(t, 2) for t in times]}')
