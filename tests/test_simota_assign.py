@@ -1,6 +1,5 @@
 """simota_assign: op vs reference, parity with the installed mmpose / mmdet assigners, errors,
 opcheck, torch.compile, CUDA vs CPU, and the P=8400 / G=500 memory stress case."""
-import math
 import os
 import subprocess
 import sys
