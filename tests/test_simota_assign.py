@@ -322,3 +322,11 @@ def test_rtmo_s_config_assigner_swaps_to_fused():
         expected, got = (a.assign(*_image_instances(args, kwargs, b)) for a in (stock, fused))
         assert torch.equal(got['gt_inds'], expected['gt_inds']) and torch.equal(got['labels'], expected['labels'])
         torch.testing.assert_close(got['max_overlaps'], expected['max_overlaps'], rtol=0, atol=1e-5)
+
+
+def test_devices_without_kernel_fall_back_to_reference(monkeypatch):
+    module = sys.modules['fastops.ops.simota_assign']  # the package attribute is the function
+    args, kwargs = random_batch(6, 480, [3, 20], 17)
+    compiled = fastops.simota_assign(*args, **kwargs, **RTMO_CONFIG)
+    monkeypatch.setattr(module, '_KERNEL_DEVICES', set())
+    assert_same_assignment(fastops.simota_assign(*args, **kwargs, **RTMO_CONFIG), compiled)
