@@ -274,6 +274,14 @@ def test_empty_input():
     assert loss.shape == (0, K) and int(num_invalid) == 0
 
 
+def test_non_contiguous_inputs():
+    case = rtmo_case(6, 17)
+    expected = fused_loss(case)
+    strided = {name: torch.stack([t, t], -1)[..., 0] for name, t in case.items()}
+    assert not strided["logits_x"].is_contiguous()
+    torch.testing.assert_close(fused_loss(strided), expected, rtol=0, atol=0)
+
+
 def _bad(name, value):
     def mutate(case):
         case[name] = value(case[name])

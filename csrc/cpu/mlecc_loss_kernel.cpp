@@ -21,6 +21,7 @@
 #define FASTOPS_HAS_AVX2 0
 #endif
 
+#include "common/mlecc_args.h"
 #include "common/mlecc_math.h"
 #include "ops/mlecc_loss.h"
 
@@ -30,22 +31,6 @@ namespace {
 using namespace mlecc;
 
 constexpr int64_t kInstancesPerTask = 4;
-
-template <typename T>
-bool all_finite(const T* values, int64_t count) {
-  bool finite = true;
-  for (int64_t i = 0; i < count; ++i) finite &= std::isfinite(values[i]);
-  return finite;
-}
-
-template <typename T>
-T weight_at(const T* weight, int64_t row) {
-  return weight == nullptr ? T(1) : weight[row];
-}
-
-const void* optional_data(const std::optional<at::Tensor>& t) {
-  return t.has_value() ? t->data_ptr() : nullptr;
-}
 
 // ---------------------------------------------------------------- AVX2 + FMA helpers
 // Float rows take these paths when the CPU has AVX2 and FMA (checked at run time); the build
@@ -59,8 +44,8 @@ bool cpu_has_avx2_fma() {
 }
 
 // exp(x) for x <= 88, Cephes single-precision polynomial (about 1 ulp): exp(x) = 2^n exp(r),
-// n = round(x / ln 2), r = x - n ln 2. Inputs below -87.3 return 2^-126 (callers only sum such
-// terms next to a term equal to 1, or mask them out).
+// n = round(x / ln 2), r = x - n ln 2. Inputs below -87.3 return 2^-126 instead of 0: callers
+// sum them next to a term of order 1 (negligible) or mask them out.
 FASTOPS_AVX2 inline __m256 exp256(__m256 x) {
   x = _mm256_max_ps(_mm256_min_ps(x, _mm256_set1_ps(88.3762626647949f)), _mm256_set1_ps(-87.3365478515625f));
   const __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
@@ -199,26 +184,10 @@ struct RowLogSums {
 };
 
 template <typename T>
-struct ProbsRows {
-  const T* pred_x;
-  const T* pred_y;
-  const T* target_x;
-  const T* target_y;
-  const T* weight;
-  int64_t wx, wy;
-
-  RowLogSums log_sums(int64_t row) const {
-    const auto dx = checked_dot_dispatch(pred_x + row * wx, target_x + row * wx, wx);
-    const auto dy = checked_dot_dispatch(pred_y + row * wy, target_y + row * wy, wy);
-    return {std::log(dx.sum), std::log(dy.sum), dx.valid && dy.valid && std::isfinite(weight_at(weight, row))};
-  }
-};
-
-template <typename T>
-ProbsRows<T> probs_rows(const at::Tensor& px, const at::Tensor& py, const at::Tensor& tx, const at::Tensor& ty,
-                        const std::optional<at::Tensor>& weight) {
-  return {px.data_ptr<T>(), py.data_ptr<T>(), tx.data_ptr<T>(), ty.data_ptr<T>(),
-          static_cast<const T*>(optional_data(weight)), px.size(2), py.size(2)};
+RowLogSums row_log_sums(const ProbsArgs<T>& in, int64_t row) {
+  const auto dx = checked_dot_dispatch(in.pred_x + row * in.wx, in.target_x + row * in.wx, in.wx);
+  const auto dy = checked_dot_dispatch(in.pred_y + row * in.wy, in.target_y + row * in.wy, in.wy);
+  return {std::log(dx.sum), std::log(dy.sum), dx.valid && dy.valid && is_finite(weight_at(in.weight, row))};
 }
 
 std::tuple<at::Tensor, at::Tensor> mlecc_from_probs_cpu(const at::Tensor& pred_x_in, const at::Tensor& pred_y_in,
@@ -226,21 +195,19 @@ std::tuple<at::Tensor, at::Tensor> mlecc_from_probs_cpu(const at::Tensor& pred_x
                                                         const at::Tensor& target_y_in,
                                                         const std::optional<at::Tensor>& weight_in, double floor) {
   check_mlecc_from_probs_args(pred_x_in, pred_y_in, target_x_in, target_y_in, weight_in, floor);
-  const auto pred_x = pred_x_in.contiguous(), pred_y = pred_y_in.contiguous();
-  const auto target_x = target_x_in.contiguous(), target_y = target_y_in.contiguous();
-  const auto weight = weight_in.has_value() ? std::optional<at::Tensor>(weight_in->contiguous()) : std::nullopt;
-  const int64_t rows = pred_x.size(0) * pred_x.size(1);
-  auto loss = at::empty({pred_x.size(0), pred_x.size(1)}, pred_x.options());
+  const ContiguousInputs inputs({pred_x_in, pred_y_in, target_x_in, target_y_in}, weight_in);
+  const int64_t rows = pred_x_in.size(0) * pred_x_in.size(1);
+  auto loss = at::empty({pred_x_in.size(0), pred_x_in.size(1)}, pred_x_in.options());
   int64_t num_invalid = 0;
-  AT_DISPATCH_FLOATING_TYPES(pred_x.scalar_type(), "mlecc_loss_from_probs_cpu", [&] {
-    const auto in = probs_rows<scalar_t>(pred_x, pred_y, target_x, target_y, weight);
+  AT_DISPATCH_FLOATING_TYPES(pred_x_in.scalar_type(), "mlecc_loss_from_probs_cpu", [&] {
+    const auto in = inputs.probs_args<scalar_t>();
     const double log_floor = log_floor_of<double>(floor);
     scalar_t* out = loss.data_ptr<scalar_t>();
     num_invalid = at::parallel_reduce(
         0, rows, 64, int64_t(0),
         [&](int64_t begin, int64_t end, int64_t count) {
           for (int64_t row = begin; row < end; ++row) {
-            const auto sums = in.log_sums(row);
+            const auto sums = row_log_sums(in, row);
             if (!sums.valid) {
               out[row] = scalar_t(0);
               ++count;
@@ -253,7 +220,7 @@ std::tuple<at::Tensor, at::Tensor> mlecc_from_probs_cpu(const at::Tensor& pred_x
         },
         std::plus<int64_t>());
   });
-  return {loss, at::scalar_tensor(num_invalid, pred_x.options().dtype(at::kLong))};
+  return {loss, at::scalar_tensor(num_invalid, pred_x_in.options().dtype(at::kLong))};
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> mlecc_from_probs_backward_cpu(
@@ -263,14 +230,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> mlecc_from_probs_back
   check_mlecc_from_probs_args(pred_x_in, pred_y_in, target_x_in, target_y_in, weight_in, floor);
   check_mlecc_grad_arg(grad_loss_in, pred_x_in);
   const auto grad_loss = grad_loss_in.contiguous();
-  const auto pred_x = pred_x_in.contiguous(), pred_y = pred_y_in.contiguous();
-  const auto target_x = target_x_in.contiguous(), target_y = target_y_in.contiguous();
-  const auto weight = weight_in.has_value() ? std::optional<at::Tensor>(weight_in->contiguous()) : std::nullopt;
-  auto grad_px = at::empty_like(pred_x), grad_py = at::empty_like(pred_y);
-  auto grad_tx = at::empty_like(target_x), grad_ty = at::empty_like(target_y);
-  const int64_t rows = pred_x.size(0) * pred_x.size(1);
-  AT_DISPATCH_FLOATING_TYPES(pred_x.scalar_type(), "mlecc_loss_from_probs_backward_cpu", [&] {
-    const auto in = probs_rows<scalar_t>(pred_x, pred_y, target_x, target_y, weight);
+  const ContiguousInputs inputs({pred_x_in, pred_y_in, target_x_in, target_y_in}, weight_in);
+  const auto& t = inputs.tensors;
+  auto grad_px = at::empty_like(t[0]), grad_py = at::empty_like(t[1]);
+  auto grad_tx = at::empty_like(t[2]), grad_ty = at::empty_like(t[3]);
+  const int64_t rows = pred_x_in.size(0) * pred_x_in.size(1);
+  AT_DISPATCH_FLOATING_TYPES(pred_x_in.scalar_type(), "mlecc_loss_from_probs_backward_cpu", [&] {
+    const auto in = inputs.probs_args<scalar_t>();
     const double log_floor = log_floor_of<double>(floor);
     const scalar_t* go = grad_loss.data_ptr<scalar_t>();
     scalar_t* gpx = grad_px.data_ptr<scalar_t>();
@@ -281,7 +247,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> mlecc_from_probs_back
       for (int64_t row = begin; row < end; ++row) {
         const int64_t ox = row * in.wx, oy = row * in.wy;
         double scale_x = 0.0, scale_y = 0.0;
-        const auto sums = in.log_sums(row);
+        const auto sums = row_log_sums(in, row);
         if (sums.valid) {
           // d/dS_x of -log(S_x S_y + floor) = -S_y / (S_x S_y + floor) = -exp(log S_y - lae).
           const double lae = log_add_exp(sums.x + sums.y, log_floor);
@@ -308,13 +274,21 @@ struct AxisRow {
   LaplaceAxis<T> target;
 };
 
+template <typename T>
+struct AxisForward {
+  LogNormalisers<T> lse;
+  bool finite;  // every logit of the row is finite (else the row is invalid)
+};
+
 // Two passes: the largest clamped logit z_max (and a shift close to max_i d_i + e_i, so the
 // joint log-sum-exp neither over- nor underflows), then the two sums.
 template <typename T>
-LogNormalisers<T> axis_forward(const AxisRow<T>& row, T* exponents) {
+AxisForward<T> axis_forward(const AxisRow<T>& row, T* exponents) {
   T z_max = -std::numeric_limits<T>::infinity();
   T joint_max = z_max;
+  bool finite = true;
   for (int64_t i = 0; i < row.bins; ++i) {
+    finite &= std::isfinite(row.logits[i]);
     const T z = clamp_logit(row.logits[i]);
     const T e = row.target.exponent(row.lin[i]);
     exponents[i] = e;
@@ -328,7 +302,7 @@ LogNormalisers<T> axis_forward(const AxisRow<T>& row, T* exponents) {
     sum_softmax += std::exp(d);
     sum_joint += std::exp(d + exponents[i] - shift);
   }
-  return {z_max, std::log(sum_softmax + static_cast<T>(kSoftmaxEps)), shift + std::log(sum_joint)};
+  return {{z_max, std::log(sum_softmax + static_cast<T>(kSoftmaxEps)), shift + std::log(sum_joint)}, finite};
 }
 
 // d s_a / d(sigma', center, scale) of one axis.
@@ -386,14 +360,17 @@ FASTOPS_AVX2 inline __m256 clamp_logit256(__m256 z) {
   return _mm256_max_ps(_mm256_min_ps(z, _mm256_set1_ps(lim)), _mm256_set1_ps(-lim));
 }
 
-FASTOPS_AVX2 LogNormalisers<float> axis_forward_avx2(const AxisRow<float>& row, float* exponents) {
+FASTOPS_AVX2 AxisForward<float> axis_forward_avx2(const AxisRow<float>& row, float* exponents) {
   const LaplaceAxis256 tgt(row.target);
   const __m256 neg_inf = _mm256_set1_ps(-std::numeric_limits<float>::infinity());
   __m256 z_max = neg_inf, joint_max = neg_inf;
+  __m256 finite = _mm256_castsi256_ps(_mm256_set1_epi32(-1));
   for (int64_t i = 0; i < row.bins; i += 8) {
     const __m256i mask = lane_mask(i, row.bins);
     const __m256 valid = _mm256_castsi256_ps(mask);
-    const __m256 z = clamp_logit256(_mm256_maskload_ps(row.logits + i, mask));
+    const __m256 raw = _mm256_maskload_ps(row.logits + i, mask);
+    finite = _mm256_and_ps(finite, _mm256_cmp_ps(_mm256_sub_ps(raw, raw), _mm256_setzero_ps(), _CMP_EQ_OQ));
+    const __m256 z = clamp_logit256(raw);
     const __m256 e = _mm256_mul_ps(tgt.distance(tgt.diff(_mm256_maskload_ps(row.lin + i, mask))), _mm256_set1_ps(-0.5f));
     _mm256_maskstore_ps(exponents + i, mask, e);
     z_max = _mm256_max_ps(z_max, _mm256_blendv_ps(neg_inf, z, valid));
@@ -411,8 +388,9 @@ FASTOPS_AVX2 LogNormalisers<float> axis_forward_avx2(const AxisRow<float>& row, 
     sum_softmax = _mm256_add_ps(sum_softmax, _mm256_and_ps(valid, exp256(d)));
     sum_joint = _mm256_add_ps(sum_joint, _mm256_and_ps(valid, exp256(_mm256_sub_ps(_mm256_add_ps(d, e), shift))));
   }
-  return {z_max_s, std::log(hsum256(sum_softmax) + static_cast<float>(kSoftmaxEps)),
-          shift_s + std::log(hsum256(sum_joint))};
+  return {{z_max_s, std::log(hsum256(sum_softmax) + static_cast<float>(kSoftmaxEps)),
+           shift_s + std::log(hsum256(sum_joint))},
+          _mm256_movemask_ps(finite) == 0xff};
 }
 
 FASTOPS_AVX2 AxisGrads<float> axis_backward_avx2(const AxisRow<float>& row, const LogNormalisers<float>& lse,
@@ -453,7 +431,7 @@ FASTOPS_AVX2 AxisGrads<float> axis_backward_avx2(const AxisRow<float>& row, cons
 
 // Float rows take the AVX2 path where the CPU has it; double rows (gradcheck) stay scalar.
 template <typename T>
-LogNormalisers<T> axis_forward_dispatch(const AxisRow<T>& row, T* exponents) {
+AxisForward<T> axis_forward_dispatch(const AxisRow<T>& row, T* exponents) {
 #if FASTOPS_HAS_AVX2
   if constexpr (std::is_same_v<T, float>) {
     if (cpu_has_avx2_fma()) return axis_forward_avx2(row, exponents);
@@ -473,44 +451,8 @@ AxisGrads<T> axis_backward_dispatch(const AxisRow<T>& row, const LogNormalisers<
 }
 
 template <typename T>
-struct LogitsInputs {
-  const T* logits_x;
-  const T* logits_y;
-  const T* keypoints;  // [N,K,2]
-  const T* bbox_cs;    // [N,4] (cx, cy, w, h)
-  const T* sigmas;     // [N,K]
-  const T* areas;      // [N]
-  const T* weight;     // [N,K] or null
-  const T* x_bins;
-  const T* y_bins;
-  int64_t k, wx, wy;
-
-  bool valid(int64_t n, int64_t kk) const {
-    const int64_t row = n * k + kk;
-    return all_finite(logits_x + row * wx, wx) && all_finite(logits_y + row * wy, wy) &&
-           all_finite(keypoints + row * 2, 2) && all_finite(bbox_cs + n * 4, 4) && std::isfinite(sigmas[row]) &&
-           std::isfinite(areas[n]) && areas[n] >= T(0) && std::isfinite(weight_at(weight, row));
-  }
-  AxisRow<T> axis(int64_t n, int64_t kk, int dim) const {
-    const int64_t row = n * k + kk;
-    const int64_t bins = dim == 0 ? wx : wy;
-    const LaplaceAxis<T> target{keypoints[row * 2 + dim], bbox_cs[n * 4 + dim], bbox_cs[n * 4 + 2 + dim],
-                                area_scale(areas[n]), clipped_sigma(sigmas[row])};
-    return {(dim == 0 ? logits_x : logits_y) + row * bins, dim == 0 ? x_bins : y_bins, bins, target};
-  }
-};
-
-template <typename T>
-LogitsInputs<T> logits_inputs(const std::vector<at::Tensor>& t, const std::optional<at::Tensor>& weight) {
-  return {t[0].data_ptr<T>(), t[1].data_ptr<T>(), t[2].data_ptr<T>(), t[3].data_ptr<T>(),
-          t[4].data_ptr<T>(), t[5].data_ptr<T>(), static_cast<const T*>(optional_data(weight)),
-          t[6].data_ptr<T>(), t[7].data_ptr<T>(), t[0].size(1), t[0].size(2), t[1].size(2)};
-}
-
-std::vector<at::Tensor> contiguous_all(std::initializer_list<at::Tensor> tensors) {
-  std::vector<at::Tensor> out;
-  for (const auto& t : tensors) out.push_back(t.contiguous());
-  return out;
+AxisRow<T> axis_row(const LogitsArgs<T>& in, int64_t row, int dim) {
+  return {in.logits(row, dim), in.bins(dim), in.num_bins(dim), in.target(row, dim)};
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> mlecc_from_logits_cpu(
@@ -519,14 +461,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> mlecc_from_logits_cpu(
     const at::Tensor& x_bins, const at::Tensor& y_bins, double floor) {
   check_mlecc_from_logits_args(logits_x, logits_y, keypoints, bbox_cs, sigmas, areas, weight_in, x_bins, y_bins,
                                floor);
-  const auto t = contiguous_all({logits_x, logits_y, keypoints, bbox_cs, sigmas, areas, x_bins, y_bins});
-  const auto weight = weight_in.has_value() ? std::optional<at::Tensor>(weight_in->contiguous()) : std::nullopt;
+  const ContiguousInputs inputs({logits_x, logits_y, keypoints, bbox_cs, sigmas, areas, x_bins, y_bins}, weight_in);
   const int64_t n_inst = logits_x.size(0), k = logits_x.size(1);
   auto loss = at::empty({n_inst, k}, logits_x.options());
   auto stats = at::empty({n_inst, k, kRowStats}, logits_x.options());
   int64_t num_invalid = 0;
   AT_DISPATCH_FLOATING_TYPES(logits_x.scalar_type(), "mlecc_loss_from_logits_cpu", [&] {
-    const auto in = logits_inputs<scalar_t>(t, weight);
+    const auto in = inputs.logits_args<scalar_t>();
     const scalar_t log_floor = log_floor_of<scalar_t>(floor);
     scalar_t* out = loss.data_ptr<scalar_t>();
     scalar_t* stat = stats.data_ptr<scalar_t>();
@@ -537,15 +478,17 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> mlecc_from_logits_cpu(
           for (int64_t n = begin; n < end; ++n) {
             for (int64_t kk = 0; kk < k; ++kk) {
               const int64_t row = n * k + kk;
-              if (!in.valid(n, kk)) {
+              const auto ax = axis_row(in, row, 0), ay = axis_row(in, row, 1);
+              const bool scalars_ok = in.scalars_valid(row);
+              const auto fx = axis_forward_dispatch(ax, exponents.data());
+              const auto fy = axis_forward_dispatch(ay, exponents.data());
+              if (!(scalars_ok && fx.finite && fy.finite)) {
                 out[row] = scalar_t(0);
                 std::fill_n(stat + row * kRowStats, kRowStats, std::numeric_limits<scalar_t>::quiet_NaN());
                 ++count;
                 continue;
               }
-              const auto ax = in.axis(n, kk, 0), ay = in.axis(n, kk, 1);
-              const auto lx = axis_forward_dispatch(ax, exponents.data());
-              const auto ly = axis_forward_dispatch(ay, exponents.data());
+              const auto &lx = fx.lse, &ly = fy.lse;
               const scalar_t s = lx.log_likelihood(ax.target.sigma) + ly.log_likelihood(ay.target.sigma);
               out[row] = weight_at(in.weight, row) * nll_with_floor(s, log_floor);
               lx.store(stat + row * kRowStats);
@@ -568,14 +511,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> mlecc_from_logits_bac
                                floor);
   check_mlecc_grad_arg(grad_loss_in, logits_x);
   check_mlecc_row_stats_arg(row_stats_in, logits_x);
-  const auto t = contiguous_all({logits_x, logits_y, keypoints, bbox_cs, sigmas, areas, x_bins, y_bins});
-  const auto weight = weight_in.has_value() ? std::optional<at::Tensor>(weight_in->contiguous()) : std::nullopt;
+  const ContiguousInputs inputs({logits_x, logits_y, keypoints, bbox_cs, sigmas, areas, x_bins, y_bins}, weight_in);
+  const auto& t = inputs.tensors;
   const auto grad_loss = grad_loss_in.contiguous(), row_stats = row_stats_in.contiguous();
   const int64_t n_inst = logits_x.size(0), k = logits_x.size(1);
   auto grad_lx = at::empty_like(t[0]), grad_ly = at::empty_like(t[1]);
   auto grad_sigmas = at::empty_like(t[4]), grad_bbox = at::empty_like(t[3]);
   AT_DISPATCH_FLOATING_TYPES(logits_x.scalar_type(), "mlecc_loss_from_logits_backward_cpu", [&] {
-    const auto in = logits_inputs<scalar_t>(t, weight);
+    const auto in = inputs.logits_args<scalar_t>();
     const scalar_t log_floor = log_floor_of<scalar_t>(floor);
     const scalar_t* go = grad_loss.data_ptr<scalar_t>();
     const scalar_t* stat = row_stats.data_ptr<scalar_t>();
@@ -595,7 +538,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> mlecc_from_logits_bac
             gsig[row] = 0;
             continue;
           }
-          const auto ax = in.axis(n, kk, 0), ay = in.axis(n, kk, 1);
+          const auto ax = axis_row(in, row, 0), ay = axis_row(in, row, 1);
           const auto lx = LogNormalisers<scalar_t>::load(rs);
           const auto ly = LogNormalisers<scalar_t>::load(rs + LogNormalisers<scalar_t>::kCount);
           const scalar_t s = lx.log_likelihood(ax.target.sigma) + ly.log_likelihood(ay.target.sigma);

@@ -55,8 +55,7 @@ class SmallestK {
 int64_t dynamic_k(const SmallestK& largest_negated, int64_t num_valid) {
   float total = 0.f;
   for (int64_t i = 0; i < largest_negated.size(); ++i) total = simota::add(total, -largest_negated.key(i));
-  int64_t k = std::max<int64_t>(1, static_cast<int32_t>(total));
-  return std::min(k, num_valid);
+  return std::min(simota::dynamic_k_of_sum(total), num_valid);
 }
 
 struct Box {
@@ -97,54 +96,60 @@ Box keypoint_box(const ImageData& img, const Params& prm, int64_t p) {
   return box;
 }
 
-// Upper bound of OKS(p, g): every keypoint distance is at least the gap between the predicted
-// keypoint box and the visible gt keypoint box, so OKS <= sum(w) * exp(-(gap * inv_scale)^2 / 2).
-// The relative and absolute margins cover the float32 rounding of the exact OKS.
-float oks_upper_bound(const Box& pred, const GtKeypointExtent& gt) {
-  if (gt.weight_sum == 0.0) return 0.f;
+// Squared gap between the predicted keypoint box and the visible gt keypoint box, scaled by
+// 1 / (sqrt(area) * 2 max sigma): every keypoint term of OKS(p, g) is at most w_k * exp(-gap_sq / 2).
+double scaled_gap_sq(const Box& pred, const GtKeypointExtent& gt) {
   const double gap_x = std::max({0.0, static_cast<double>(gt.visible.x1) - pred.x2,
                                  static_cast<double>(pred.x1) - gt.visible.x2});
   const double gap_y = std::max({0.0, static_cast<double>(gt.visible.y1) - pred.y2,
                                  static_cast<double>(pred.y1) - gt.visible.y2});
-  const double scaled_sq = (gap_x * gap_x + gap_y * gap_y) * gt.inv_scale * gt.inv_scale;
-  return static_cast<float>(gt.weight_sum * std::exp(-scaled_sq / 2.0) * 1.001 + 1e-30);
+  return (gap_x * gap_x + gap_y * gap_y) * gt.inv_scale * gt.inv_scale;
 }
 
-// Per-prior similarities of one gt. `oks` may be only an upper bound where `oks_exact` is false:
-// for priors outside the gt's box-and-center region whose bound cannot reach the top-k.
+// OKS <= weight_sum * exp(-gap_sq / 2) < threshold when gap_sq exceeds this; the 1.001 margin covers
+// the float32 rounding of the exact OKS. No pruning (infinity) while the threshold is not positive.
+double prune_gap_sq(float threshold, const GtKeypointExtent& gt) {
+  if (!(threshold > 0.f)) return INFINITY;
+  return 2.0 * std::log(gt.weight_sum * 1.001 / static_cast<double>(threshold));
+}
+
+// Per-prior similarities of one gt. Priors outside its box-and-center region get exact values only
+// where dynamic_k needs them; elsewhere `iou` / `oks` are upper bounds (`exact` false), which is all
+// outside_cost_bound needs, and select_for_gt recomputes them if it has to rank those priors.
 struct GtScan {
   std::vector<PairSim> sims;
-  std::vector<uint8_t> oks_exact;
+  std::vector<uint8_t> exact;
   int64_t k;
 };
+
+constexpr float kIouUpperBound = 1.0001f;  // union >= overlap, so IoU <= 1 up to rounding
+constexpr float kOksUpperBound = 1.0001f;  // OKS weights sum to 1 and each exp(.) <= 1
 
 GtScan scan_gt(const ImageData& img, const Params& prm, const std::vector<int64_t>& valid, int64_t g,
                const Box* pred_kpt_box, const GtKeypointExtent& extent) {
   const int64_t num_valid = static_cast<int64_t>(valid.size());
-  GtScan scan{std::vector<PairSim>(num_valid), std::vector<uint8_t>(num_valid, 1), 0};
+  const bool outside_exact = !prm.oks_indicator && !prm.need_oks();
+  GtScan scan{std::vector<PairSim>(num_valid), std::vector<uint8_t>(num_valid), 0};
   SmallestK largest(std::min(prm.candidate_topk, num_valid));  // negated indicators
   for (int64_t v = 0; v < num_valid; ++v) {
     const int64_t p = valid[v];
     PairSim& s = scan.sims[v];
-    s.iou = simota::pair_iou(img, p, g);
     s.in_box_and_center = simota::in_box(img, p, g) && simota::in_center(img, prm, p, g);
-    s.oks = s.in_box_and_center && prm.need_oks() ? simota::pair_oks(img, prm, p, g) : 0.f;
+    scan.exact[v] = s.in_box_and_center || outside_exact;
+    s.iou = s.in_box_and_center || !prm.oks_indicator ? simota::pair_iou(img, p, g) : kIouUpperBound;
+    s.oks = !prm.need_oks() ? 0.f : s.in_box_and_center ? simota::pair_oks(img, prm, p, g) : kOksUpperBound;
     if (!prm.oks_indicator) largest.push(-s.iou, v);
     if (prm.oks_indicator && s.in_box_and_center) largest.push(-s.oks, v);
   }
-  for (int64_t v = 0; prm.need_oks() && v < num_valid; ++v) {
+  // OKS of the other priors: only those that may still enter the candidate_topk largest
+  const int64_t topk = largest.capacity();
+  double max_gap_sq = largest.size() < topk ? INFINITY : prune_gap_sq(-largest.key(topk - 1), extent);
+  for (int64_t v = 0; prm.oks_indicator && v < num_valid; ++v) {
     PairSim& s = scan.sims[v];
-    if (s.in_box_and_center) continue;
-    const float bound = oks_upper_bound(pred_kpt_box[valid[v]], extent);
-    const bool can_enter_topk =
-        prm.oks_indicator && (largest.size() < largest.capacity() || -bound <= largest.key(largest.size() - 1));
-    if (can_enter_topk) {
-      s.oks = simota::pair_oks(img, prm, valid[v], g);
-      largest.push(-s.oks, v);
-    } else {
-      s.oks = bound;
-      scan.oks_exact[v] = 0;
-    }
+    if (s.in_box_and_center || scaled_gap_sq(pred_kpt_box[valid[v]], extent) > max_gap_sq) continue;
+    s.oks = simota::pair_oks(img, prm, valid[v], g);
+    largest.push(-s.oks, v);
+    if (largest.size() == topk) max_gap_sq = prune_gap_sq(-largest.key(topk - 1), extent);
   }
   scan.k = dynamic_k(largest, num_valid);
   return scan;
@@ -152,8 +157,8 @@ GtScan scan_gt(const ImageData& img, const Params& prm, const std::vector<int64_
 
 // A float lower bound of the cost of every valid prior outside the gt's box-and-center region
 // (+inf when there is none). Float addition and multiplication by a weight >= 0 are monotone, so
-// the stock expression evaluated at the best IoU/OKS (or OKS bound) with zero class/visibility
-// terms bounds it.
+// the stock expression evaluated at the best IoU/OKS (or their upper bounds) with zero
+// class/visibility terms bounds it.
 float outside_cost_bound(const std::vector<PairSim>& sims, const Params& prm) {
   bool any_outside = false;
   float best_iou = -INFINITY, best_oks = -INFINITY;
@@ -183,7 +188,7 @@ std::vector<int64_t> select_for_gt(const ImageData& img, const Params& prm, cons
   const bool inside_suffices = inside.size() == k && inside.key(k - 1) < outside_cost_bound(scan.sims, prm);
   SmallestK all(inside_suffices ? 0 : k);
   for (int64_t v = 0; !inside_suffices && v < num_valid; ++v) {
-    if (!scan.oks_exact[v]) scan.sims[v].oks = simota::pair_oks(img, prm, valid[v], g);
+    if (!scan.exact[v]) scan.sims[v] = simota::pair_similarity(img, prm, valid[v], g);
     all.push(simota::pair_cost(img, prm, valid[v], g, scan.sims[v]), v);
   }
   const SmallestK& chosen = inside_suffices ? inside : all;
@@ -214,7 +219,7 @@ struct Outputs {
 
 // Turns the per-gt selections of one image into its assignment row.
 void resolve_image(const ImageData& img, const Params& prm, const std::vector<int64_t>& valid,
-                   const std::vector<std::vector<int64_t>>& picked, Outputs out) {
+                   const std::vector<int64_t>* picked, Outputs out) {
   const int64_t num_valid = static_cast<int64_t>(valid.size());
   std::vector<int32_t> times_picked(num_valid, 0);
   std::vector<int64_t> picked_by(num_valid, 0);
@@ -309,8 +314,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> simota_assign_cpu(
         std::fill(out.overlaps, out.overlaps + P, 0.f);  // stock: zeros when nothing can be assigned
         continue;
       }
-      std::vector<std::vector<int64_t>> image_picks(picked.begin() + b * G, picked.begin() + (b + 1) * G);
-      resolve_image(image(b), prm, valid[b], image_picks, out);
+      resolve_image(image(b), prm, valid[b], picked.data() + b * G, out);
     }
   });
   return {gt_inds, overlaps, labels};

@@ -14,6 +14,7 @@
 
 #include <limits>
 
+#include "common/mlecc_args.h"
 #include "common/mlecc_math.h"
 #include "ops/mlecc_loss.h"
 
@@ -45,20 +46,10 @@ __device__ inline int64_t warp_row() {
 __device__ inline int lane_id() { return threadIdx.x % kWarpSize; }
 
 template <typename T>
-__device__ T weight_at(const T* weight, int64_t row) {
-  return weight == nullptr ? T(1) : weight[row];
-}
-
-template <typename T>
 __device__ bool warp_all(const T* values, int64_t count, bool (*ok)(T)) {
   bool good = true;
   for (int64_t i = lane_id(); i < count; i += kWarpSize) good &= ok(values[i]);
   return __all_sync(kFullMask, good);
-}
-
-template <typename T>
-__device__ bool is_finite(T v) {
-  return isfinite(v);
 }
 
 template <typename T>
@@ -68,52 +59,47 @@ __device__ bool is_nonnegative_finite(T v) {
 
 int64_t num_blocks(int64_t rows) { return (rows + kRowsPerBlock - 1) / kRowsPerBlock; }
 
-const void* optional_data(const std::optional<at::Tensor>& t) { return t.has_value() ? t->data_ptr() : nullptr; }
-
-std::optional<at::Tensor> contiguous_optional(const std::optional<at::Tensor>& t) {
-  return t.has_value() ? std::optional<at::Tensor>(t->contiguous()) : std::nullopt;
-}
-
 // ---------------------------------------------------------------- from probabilities
 
 template <typename T>
-struct ProbsRows {
-  const T* pred_x;
-  const T* pred_y;
-  const T* target_x;
-  const T* target_y;
-  const T* weight;
-  int64_t wx, wy;
+__device__ bool probs_row_valid(const ProbsArgs<T>& in, int64_t row) {
+  return warp_all(in.pred_x + row * in.wx, in.wx, is_nonnegative_finite<T>) &&
+         warp_all(in.target_x + row * in.wx, in.wx, is_nonnegative_finite<T>) &&
+         warp_all(in.pred_y + row * in.wy, in.wy, is_nonnegative_finite<T>) &&
+         warp_all(in.target_y + row * in.wy, in.wy, is_nonnegative_finite<T>) && is_finite(weight_at(in.weight, row));
+}
 
-  __device__ bool valid(int64_t row) const {
-    return warp_all(pred_x + row * wx, wx, is_nonnegative_finite<T>) &&
-           warp_all(target_x + row * wx, wx, is_nonnegative_finite<T>) &&
-           warp_all(pred_y + row * wy, wy, is_nonnegative_finite<T>) &&
-           warp_all(target_y + row * wy, wy, is_nonnegative_finite<T>) && isfinite(weight_at(weight, row));
-  }
-  // log sum_i p_i t_i with the dot product in double (cannot underflow for float inputs).
-  __device__ double log_dot(const T* p, const T* t, int64_t count) const {
-    double sum = 0.0;
-    for (int64_t i = lane_id(); i < count; i += kWarpSize) sum += static_cast<double>(p[i]) * static_cast<double>(t[i]);
-    return ::log(warp_sum(sum));
-  }
-  __device__ double log_sum_x(int64_t row) const { return log_dot(pred_x + row * wx, target_x + row * wx, wx); }
-  __device__ double log_sum_y(int64_t row) const { return log_dot(pred_y + row * wy, target_y + row * wy, wy); }
-};
+// log sum_i p_i t_i with the dot product in double (cannot underflow for float inputs).
+template <typename T>
+__device__ double log_dot(const T* p, const T* t, int64_t count) {
+  double sum = 0.0;
+  for (int64_t i = lane_id(); i < count; i += kWarpSize) sum += static_cast<double>(p[i]) * static_cast<double>(t[i]);
+  return ::log(warp_sum(sum));
+}
 
 template <typename T>
-__global__ void probs_forward_kernel(ProbsRows<T> in, int64_t rows, double log_floor, T* loss,
+__device__ double log_sum_x(const ProbsArgs<T>& in, int64_t row) {
+  return log_dot(in.pred_x + row * in.wx, in.target_x + row * in.wx, in.wx);
+}
+
+template <typename T>
+__device__ double log_sum_y(const ProbsArgs<T>& in, int64_t row) {
+  return log_dot(in.pred_y + row * in.wy, in.target_y + row * in.wy, in.wy);
+}
+
+template <typename T>
+__global__ void probs_forward_kernel(ProbsArgs<T> in, int64_t rows, double log_floor, T* loss,
                                      unsigned long long* num_invalid) {
   const int64_t row = warp_row();
   if (row >= rows) return;
-  if (!in.valid(row)) {
+  if (!probs_row_valid(in, row)) {
     if (lane_id() == 0) {
       loss[row] = T(0);
       atomicAdd(num_invalid, 1ull);
     }
     return;
   }
-  const double s = in.log_sum_x(row) + in.log_sum_y(row);
+  const double s = log_sum_x(in, row) + log_sum_y(in, row);
   if (lane_id() == 0) loss[row] = static_cast<T>(weight_at(in.weight, row) * nll_with_floor(s, log_floor));
 }
 
@@ -126,14 +112,14 @@ __device__ void write_probs_axis(const T* p, const T* t, T* gp, T* gt, int64_t c
 }
 
 template <typename T>
-__global__ void probs_backward_kernel(ProbsRows<T> in, int64_t rows, double log_floor, const T* grad_loss, T* gpx,
+__global__ void probs_backward_kernel(ProbsArgs<T> in, int64_t rows, double log_floor, const T* grad_loss, T* gpx,
                                       T* gpy, T* gtx, T* gty) {
   const int64_t row = warp_row();
   if (row >= rows) return;
   double scale_x = 0.0, scale_y = 0.0;
-  if (in.valid(row)) {
+  if (probs_row_valid(in, row)) {
     // d/dS_x of -log(S_x S_y + floor) = -exp(log S_y - logaddexp(log S_x + log S_y, log floor)).
-    const double log_x = in.log_sum_x(row), log_y = in.log_sum_y(row);
+    const double log_x = log_sum_x(in, row), log_y = log_sum_y(in, row);
     const double lae = log_add_exp(log_x + log_y, log_floor);
     const double upstream = -static_cast<double>(grad_loss[row]) * weight_at(in.weight, row);
     scale_x = upstream * ::exp(log_y - lae);
@@ -144,30 +130,21 @@ __global__ void probs_backward_kernel(ProbsRows<T> in, int64_t rows, double log_
   write_probs_axis(in.pred_y + oy, in.target_y + oy, gpy + oy, gty + oy, in.wy, scale_y);
 }
 
-template <typename T>
-ProbsRows<T> probs_rows(const at::Tensor& px, const at::Tensor& py, const at::Tensor& tx, const at::Tensor& ty,
-                        const std::optional<at::Tensor>& weight) {
-  return {px.data_ptr<T>(), py.data_ptr<T>(), tx.data_ptr<T>(), ty.data_ptr<T>(),
-          static_cast<const T*>(optional_data(weight)), px.size(2), py.size(2)};
-}
-
 std::tuple<at::Tensor, at::Tensor> mlecc_from_probs_cuda(const at::Tensor& pred_x_in, const at::Tensor& pred_y_in,
                                                          const at::Tensor& target_x_in,
                                                          const at::Tensor& target_y_in,
                                                          const std::optional<at::Tensor>& weight_in, double floor) {
   check_mlecc_from_probs_args(pred_x_in, pred_y_in, target_x_in, target_y_in, weight_in, floor);
   const c10::cuda::CUDAGuard guard(pred_x_in.device());
-  const auto pred_x = pred_x_in.contiguous(), pred_y = pred_y_in.contiguous();
-  const auto target_x = target_x_in.contiguous(), target_y = target_y_in.contiguous();
-  const auto weight = contiguous_optional(weight_in);
-  const int64_t rows = pred_x.size(0) * pred_x.size(1);
-  auto loss = at::empty({pred_x.size(0), pred_x.size(1)}, pred_x.options());
-  auto num_invalid = at::zeros({}, pred_x.options().dtype(at::kLong));
+  const ContiguousInputs inputs({pred_x_in, pred_y_in, target_x_in, target_y_in}, weight_in);
+  const int64_t rows = pred_x_in.size(0) * pred_x_in.size(1);
+  auto loss = at::empty({pred_x_in.size(0), pred_x_in.size(1)}, pred_x_in.options());
+  auto num_invalid = at::zeros({}, pred_x_in.options().dtype(at::kLong));
   if (rows == 0) return {loss, num_invalid};
-  AT_DISPATCH_FLOATING_TYPES(pred_x.scalar_type(), "mlecc_loss_from_probs_cuda", [&] {
+  AT_DISPATCH_FLOATING_TYPES(pred_x_in.scalar_type(), "mlecc_loss_from_probs_cuda", [&] {
     probs_forward_kernel<scalar_t><<<num_blocks(rows), kRowsPerBlock * kWarpSize, 0,
                                      at::cuda::getCurrentCUDAStream()>>>(
-        probs_rows<scalar_t>(pred_x, pred_y, target_x, target_y, weight), rows, log_floor_of<double>(floor),
+        inputs.probs_args<scalar_t>(), rows, log_floor_of<double>(floor),
         loss.data_ptr<scalar_t>(), reinterpret_cast<unsigned long long*>(num_invalid.data_ptr<int64_t>()));
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
@@ -182,17 +159,16 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> mlecc_from_probs_back
   check_mlecc_grad_arg(grad_loss_in, pred_x_in);
   const c10::cuda::CUDAGuard guard(pred_x_in.device());
   const auto grad_loss = grad_loss_in.contiguous();
-  const auto pred_x = pred_x_in.contiguous(), pred_y = pred_y_in.contiguous();
-  const auto target_x = target_x_in.contiguous(), target_y = target_y_in.contiguous();
-  const auto weight = contiguous_optional(weight_in);
-  auto grad_px = at::empty_like(pred_x), grad_py = at::empty_like(pred_y);
-  auto grad_tx = at::empty_like(target_x), grad_ty = at::empty_like(target_y);
-  const int64_t rows = pred_x.size(0) * pred_x.size(1);
+  const ContiguousInputs inputs({pred_x_in, pred_y_in, target_x_in, target_y_in}, weight_in);
+  const auto& t = inputs.tensors;
+  auto grad_px = at::empty_like(t[0]), grad_py = at::empty_like(t[1]);
+  auto grad_tx = at::empty_like(t[2]), grad_ty = at::empty_like(t[3]);
+  const int64_t rows = pred_x_in.size(0) * pred_x_in.size(1);
   if (rows == 0) return {grad_px, grad_py, grad_tx, grad_ty};
-  AT_DISPATCH_FLOATING_TYPES(pred_x.scalar_type(), "mlecc_loss_from_probs_backward_cuda", [&] {
+  AT_DISPATCH_FLOATING_TYPES(pred_x_in.scalar_type(), "mlecc_loss_from_probs_backward_cuda", [&] {
     probs_backward_kernel<scalar_t><<<num_blocks(rows), kRowsPerBlock * kWarpSize, 0,
                                       at::cuda::getCurrentCUDAStream()>>>(
-        probs_rows<scalar_t>(pred_x, pred_y, target_x, target_y, weight), rows, log_floor_of<double>(floor),
+        inputs.probs_args<scalar_t>(), rows, log_floor_of<double>(floor),
         grad_loss.data_ptr<scalar_t>(), grad_px.data_ptr<scalar_t>(), grad_py.data_ptr<scalar_t>(),
         grad_tx.data_ptr<scalar_t>(), grad_ty.data_ptr<scalar_t>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
@@ -203,33 +179,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> mlecc_from_probs_back
 // ---------------------------------------------------------------- from logits
 
 template <typename T>
-struct LogitsInputs {
-  const T* logits_x;
-  const T* logits_y;
-  const T* keypoints;  // [N,K,2]
-  const T* bbox_cs;    // [N,4] (cx, cy, w, h)
-  const T* sigmas;     // [N,K]
-  const T* areas;      // [N]
-  const T* weight;     // [N,K] or null
-  const T* x_bins;
-  const T* y_bins;
-  int64_t k, wx, wy;
-
-  __device__ bool valid(int64_t row) const {
-    const int64_t n = row / k;
-    const bool scalars_ok = isfinite(keypoints[row * 2]) && isfinite(keypoints[row * 2 + 1]) &&
-                            isfinite(bbox_cs[n * 4]) && isfinite(bbox_cs[n * 4 + 1]) &&
-                            isfinite(bbox_cs[n * 4 + 2]) && isfinite(bbox_cs[n * 4 + 3]) && isfinite(sigmas[row]) &&
-                            isfinite(areas[n]) && areas[n] >= T(0) && isfinite(weight_at(weight, row));
-    return warp_all(logits_x + row * wx, wx, is_finite<T>) && warp_all(logits_y + row * wy, wy, is_finite<T>) &&
-           scalars_ok;
-  }
-  __device__ LaplaceAxis<T> target(int64_t row, int dim) const {
-    const int64_t n = row / k;
-    return {keypoints[row * 2 + dim], bbox_cs[n * 4 + dim], bbox_cs[n * 4 + 2 + dim], area_scale(areas[n]),
-            clipped_sigma(sigmas[row])};
-  }
-};
+__device__ bool logits_row_valid(const LogitsArgs<T>& in, int64_t row) {
+  return warp_all(in.logits(row, 0), in.wx, is_finite<T>) && warp_all(in.logits(row, 1), in.wy, is_finite<T>) &&
+         in.scalars_valid(row);
+}
 
 // Two warp passes, as the CPU kernel: z_max and a shift close to max_i d_i + e_i, then the sums.
 template <typename T>
@@ -287,11 +240,11 @@ __device__ T row_log_likelihood(const LogNormalisers<T>& lx, const LogNormaliser
 }
 
 template <typename T>
-__global__ void logits_forward_kernel(LogitsInputs<T> in, int64_t rows, T log_floor, T* loss, T* stats,
+__global__ void logits_forward_kernel(LogitsArgs<T> in, int64_t rows, T log_floor, T* loss, T* stats,
                                       unsigned long long* num_invalid) {
   const int64_t row = warp_row();
   if (row >= rows) return;
-  if (!in.valid(row)) {
+  if (!logits_row_valid(in, row)) {
     if (lane_id() == 0) {
       loss[row] = T(0);
       for (int j = 0; j < kRowStats; ++j) stats[row * kRowStats + j] = std::numeric_limits<T>::quiet_NaN();
@@ -312,7 +265,7 @@ __global__ void logits_forward_kernel(LogitsInputs<T> in, int64_t rows, T log_fl
 // Writes the logits' gradients, d loss / d sigma per row and the per-row bbox_cs partials
 // (summed over keypoints afterwards).
 template <typename T>
-__global__ void logits_backward_kernel(LogitsInputs<T> in, int64_t rows, T log_floor, const T* grad_loss,
+__global__ void logits_backward_kernel(LogitsArgs<T> in, int64_t rows, T log_floor, const T* grad_loss,
                                        const T* stats, T* grad_lx, T* grad_ly, T* grad_sigmas, T* bbox_partials) {
   const int64_t row = warp_row();
   if (row >= rows) return;
@@ -344,19 +297,6 @@ __global__ void logits_backward_kernel(LogitsInputs<T> in, int64_t rows, T log_f
   }
 }
 
-template <typename T>
-LogitsInputs<T> logits_inputs(const std::vector<at::Tensor>& t, const std::optional<at::Tensor>& weight) {
-  return {t[0].data_ptr<T>(), t[1].data_ptr<T>(), t[2].data_ptr<T>(), t[3].data_ptr<T>(),
-          t[4].data_ptr<T>(), t[5].data_ptr<T>(), static_cast<const T*>(optional_data(weight)),
-          t[6].data_ptr<T>(), t[7].data_ptr<T>(), t[0].size(1), t[0].size(2), t[1].size(2)};
-}
-
-std::vector<at::Tensor> contiguous_all(std::initializer_list<at::Tensor> tensors) {
-  std::vector<at::Tensor> out;
-  for (const auto& t : tensors) out.push_back(t.contiguous());
-  return out;
-}
-
 std::tuple<at::Tensor, at::Tensor, at::Tensor> mlecc_from_logits_cuda(
     const at::Tensor& logits_x, const at::Tensor& logits_y, const at::Tensor& keypoints, const at::Tensor& bbox_cs,
     const at::Tensor& sigmas, const at::Tensor& areas, const std::optional<at::Tensor>& weight_in,
@@ -364,8 +304,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> mlecc_from_logits_cuda(
   check_mlecc_from_logits_args(logits_x, logits_y, keypoints, bbox_cs, sigmas, areas, weight_in, x_bins, y_bins,
                                floor);
   const c10::cuda::CUDAGuard guard(logits_x.device());
-  const auto t = contiguous_all({logits_x, logits_y, keypoints, bbox_cs, sigmas, areas, x_bins, y_bins});
-  const auto weight = contiguous_optional(weight_in);
+  const ContiguousInputs inputs({logits_x, logits_y, keypoints, bbox_cs, sigmas, areas, x_bins, y_bins}, weight_in);
   const int64_t n_inst = logits_x.size(0), k = logits_x.size(1), rows = n_inst * k;
   auto loss = at::empty({n_inst, k}, logits_x.options());
   auto stats = at::empty({n_inst, k, kRowStats}, logits_x.options());
@@ -374,7 +313,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> mlecc_from_logits_cuda(
   AT_DISPATCH_FLOATING_TYPES(logits_x.scalar_type(), "mlecc_loss_from_logits_cuda", [&] {
     logits_forward_kernel<scalar_t><<<num_blocks(rows), kRowsPerBlock * kWarpSize, 0,
                                       at::cuda::getCurrentCUDAStream()>>>(
-        logits_inputs<scalar_t>(t, weight), rows, log_floor_of<scalar_t>(floor), loss.data_ptr<scalar_t>(),
+        inputs.logits_args<scalar_t>(), rows, log_floor_of<scalar_t>(floor), loss.data_ptr<scalar_t>(),
         stats.data_ptr<scalar_t>(), reinterpret_cast<unsigned long long*>(num_invalid.data_ptr<int64_t>()));
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
@@ -391,8 +330,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> mlecc_from_logits_bac
   check_mlecc_grad_arg(grad_loss_in, logits_x);
   check_mlecc_row_stats_arg(row_stats_in, logits_x);
   const c10::cuda::CUDAGuard guard(logits_x.device());
-  const auto t = contiguous_all({logits_x, logits_y, keypoints, bbox_cs, sigmas, areas, x_bins, y_bins});
-  const auto weight = contiguous_optional(weight_in);
+  const ContiguousInputs inputs({logits_x, logits_y, keypoints, bbox_cs, sigmas, areas, x_bins, y_bins}, weight_in);
+  const auto& t = inputs.tensors;
   const auto grad_loss = grad_loss_in.contiguous(), row_stats = row_stats_in.contiguous();
   const int64_t n_inst = logits_x.size(0), k = logits_x.size(1), rows = n_inst * k;
   auto grad_lx = at::empty_like(t[0]), grad_ly = at::empty_like(t[1]), grad_sigmas = at::empty_like(t[4]);
@@ -401,7 +340,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> mlecc_from_logits_bac
   AT_DISPATCH_FLOATING_TYPES(logits_x.scalar_type(), "mlecc_loss_from_logits_backward_cuda", [&] {
     logits_backward_kernel<scalar_t><<<num_blocks(rows), kRowsPerBlock * kWarpSize, 0,
                                        at::cuda::getCurrentCUDAStream()>>>(
-        logits_inputs<scalar_t>(t, weight), rows, log_floor_of<scalar_t>(floor), grad_loss.data_ptr<scalar_t>(),
+        inputs.logits_args<scalar_t>(), rows, log_floor_of<scalar_t>(floor), grad_loss.data_ptr<scalar_t>(),
         row_stats.data_ptr<scalar_t>(), grad_lx.data_ptr<scalar_t>(), grad_ly.data_ptr<scalar_t>(),
         grad_sigmas.data_ptr<scalar_t>(), bbox_partials.data_ptr<scalar_t>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
