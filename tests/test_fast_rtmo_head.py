@@ -126,14 +126,26 @@ def test_non_log_mle_mode_uses_stock_heatmaps():
     assert_grads_match(fast, stock)
 
 
-def test_unlabelled_people_mask_matches_stock():
-    """Stage-2 samples carry gt_fields.heatmap_mask: objectness weights 1 - mask at the mean keypoint."""
+def test_aux_bbox_loss_matches_stock():
+    stock, fast = stock_and_fast_heads(use_aux_loss=True)
+    feats, samples = synthetic_batch(7, [2, 3], SIZE)
+    fast_losses, stock_losses = run_both(stock, fast, feats, samples)
+    assert 'loss_bbox_aux' in fast_losses
+    assert_losses_match(fast_losses, stock_losses)
+    assert_grads_match(fast, stock)
+
+
+def test_unlabelled_people_mask_and_visibility_weights_match_stock():
+    """Stage-2 samples carry gt_fields.heatmap_mask (objectness weights 1 - mask at the mean
+    keypoint); some datasets give keypoints_visible_weights (here only some images have them)."""
     stock, fast = stock_and_fast_heads()
     feats, samples = synthetic_batch(5, [3, 2, 4], SIZE)
     generator = torch.Generator().manual_seed(5)
     for sample in samples[:2]:
         mask = (torch.rand(1, SIZE, SIZE, generator=generator) > 0.5).float()
         sample.gt_fields = PixelData(heatmap_mask=mask)
+    gts = samples[1].gt_instance_labels
+    gts.keypoints_visible_weights = torch.rand(gts.keypoints_visible.shape, generator=generator)
     fast_losses, stock_losses = run_both(stock, fast, feats, samples)
     assert_losses_match(fast_losses, stock_losses)
     assert_grads_match(fast, stock)

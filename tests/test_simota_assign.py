@@ -1,6 +1,5 @@
 """simota_assign: op vs reference, parity with the installed mmpose / mmdet assigners, errors,
 opcheck, torch.compile, CUDA vs CPU, and the P=8400 / G=500 memory stress case."""
-import math
 import os
 import subprocess
 import sys
@@ -302,3 +301,32 @@ def test_stress_8400_priors_500_gts_peak_memory():
     peak_mib, matched = float(line[2]), int(line[6])
     assert peak_mib < 4096 and peak_mib < 256  # O(B*P*G) bound is 8400*500*4 B = 16 MiB per matrix
     assert matched == 702  # foreground priors of this seeded case; stock mmpose gives 702 too (measured)
+
+
+def test_rtmo_s_config_assigner_swaps_to_fused():
+    """The assigner dict of mmpose's RTMO-s COCO config builds as FusedSimOTAAssigner by changing only
+    `type`, and assigns exactly as the stock assigner built from the same dict."""
+    mmpose = pytest.importorskip('mmpose')
+    import fastops.mm  # noqa: F401
+    from mmengine.config import Config
+    from mmpose.registry import TASK_UTILS
+    config = os.path.join(os.path.dirname(mmpose.__file__), '.mim', 'configs', 'body_2d_keypoint', 'rtmo', 'coco',
+                          'rtmo-s_8xb32-600e_coco-640x640.py')
+    assigner_cfg = Config.fromfile(config).model.head.assigner.to_dict()
+    assigner_cfg['oks_calculator']['metainfo'] = 'configs/_base_/datasets/coco.py'  # installed copy
+    stock = TASK_UTILS.build(assigner_cfg)
+    fused = TASK_UTILS.build(dict(assigner_cfg, type='FusedSimOTAAssigner'))
+    assert fused.dynamic_k_indicator == 'oks' and fused.use_keypoints_for_center
+    args, kwargs = random_batch(5000, 640, [20, 3], 17)
+    for b in range(2):
+        expected, got = (a.assign(*_image_instances(args, kwargs, b)) for a in (stock, fused))
+        assert torch.equal(got['gt_inds'], expected['gt_inds']) and torch.equal(got['labels'], expected['labels'])
+        torch.testing.assert_close(got['max_overlaps'], expected['max_overlaps'], rtol=0, atol=1e-5)
+
+
+def test_devices_without_kernel_fall_back_to_reference(monkeypatch):
+    module = sys.modules['fastops.ops.simota_assign']  # the package attribute is the function
+    args, kwargs = random_batch(6, 480, [3, 20], 17)
+    compiled = fastops.simota_assign(*args, **kwargs, **RTMO_CONFIG)
+    monkeypatch.setattr(module, '_KERNEL_DEVICES', set())
+    assert_same_assignment(fastops.simota_assign(*args, **kwargs, **RTMO_CONFIG), compiled)

@@ -243,6 +243,9 @@ FASTOPS_HD bool prior_is_valid(const ImageData& img, const Params& prm, int64_t 
   return false;
 }
 
+// max(1, trunc(sum)) as the stock clamp(sum.int(), min=1); NaN or negative sums give 1.
+FASTOPS_HD int64_t dynamic_k_of_sum(float sum) { return sum >= 2.f ? static_cast<int64_t>(sum) : 1; }
+
 FASTOPS_HD float neg_log_eps(float x) { return -log_f(add(x, kLogEps)); }
 
 // The IoU/OKS similarities of one pair; oks is 0 when not needed.

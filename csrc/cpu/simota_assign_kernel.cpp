@@ -55,8 +55,7 @@ class SmallestK {
 int64_t dynamic_k(const SmallestK& largest_negated, int64_t num_valid) {
   float total = 0.f;
   for (int64_t i = 0; i < largest_negated.size(); ++i) total = simota::add(total, -largest_negated.key(i));
-  int64_t k = std::max<int64_t>(1, static_cast<int32_t>(total));
-  return std::min(k, num_valid);
+  return std::min(simota::dynamic_k_of_sum(total), num_valid);
 }
 
 struct Box {

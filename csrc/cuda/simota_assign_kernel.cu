@@ -122,8 +122,7 @@ __global__ void select_per_gt(Params prm, const int64_t* num_gts, const uint8_t*
     if (idx < 0) break;
     total = simota::add(total, -key);
   }
-  const int64_t k = min(max(static_cast<int64_t>(1), static_cast<int64_t>(static_cast<int32_t>(total))),
-                        static_cast<int64_t>(num_valid[b]));
+  const int64_t k = min(simota::dynamic_k_of_sum(total), static_cast<int64_t>(num_valid[b]));
   key = -FLT_MAX;
   idx = -1;
   for (int64_t r = 0; r < k; ++r) {

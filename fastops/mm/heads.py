@@ -40,15 +40,19 @@ def _fused_assigner_cfg(assigner: dict) -> dict:
     return cfg
 
 
-def _concat_gts(batch_gt_instances: Sequence[InstanceData]) -> Tuple[dict, Tensor]:
-    """The gts of all images concatenated per field, and each image's offset into them."""
+def _concat_gts(batch_gt_instances: Sequence[InstanceData]) -> Tuple[Optional[dict], Tensor]:
+    """The gts of all images concatenated per field (None without any gt), and each image's
+    offset into them."""
     counts = torch.tensor([len(gt) for gt in batch_gt_instances], dtype=torch.long)
     offsets = torch.cumsum(counts, 0) - counts
     present = [gt for gt in batch_gt_instances if len(gt) > 0]
-    fields = ['bboxes', 'labels', 'keypoints', 'keypoints_visible', 'areas']
-    if present and all('keypoints_visible_weights' in gt for gt in present):
-        fields.append('keypoints_visible_weights')
-    gts = {name: torch.cat([gt.get(name) for gt in present]) if present else None for name in fields}
+    if not present:
+        return None, offsets
+    gts = {name: torch.cat([gt.get(name) for gt in present])
+           for name in ('bboxes', 'keypoints', 'keypoints_visible', 'areas')}
+    if any('keypoints_visible_weights' in gt for gt in present):  # weight 1 where an image has none
+        gts['keypoints_visible_weights'] = torch.cat(
+            [gt.get('keypoints_visible_weights', torch.ones_like(gt.keypoints_visible)) for gt in present])
     return gts, offsets
 
 
@@ -130,16 +134,15 @@ class FastRTMOHead(RTMOHead):
     def _positive_targets(self, gts: dict, gt_rows: Tensor, labels: Tensor, overlaps: Tensor,
                           like: Tensor) -> dict:
         """Per positive prior: its matched gt's fields, and the class target one_hot * overlap."""
-        if gts['bboxes'] is None:  # no gt in the whole batch
+        if gts is None:  # no gt in the whole batch
             num_kpts = self.num_keypoints
             return dict(cls=like.new_zeros((0, self.num_classes)), bboxes=like.new_zeros((0, 4)),
                         keypoints=like.new_zeros((0, num_kpts, 2)), keypoints_visible=like.new_zeros((0, num_kpts)),
                         vis_weights=like.new_zeros((0, num_kpts)), areas=like.new_zeros((0, )))
         pos = {name: value[gt_rows] for name, value in gts.items()}
         pos['cls'] = F.one_hot(labels, self.num_classes) * overlaps.unsqueeze(-1)
-        pos['vis_weights'] = pos.pop('keypoints_visible_weights', None)
-        if pos['vis_weights'] is None:
-            pos['vis_weights'] = torch.ones_like(pos['keypoints_visible'])
+        weights = pos.pop('keypoints_visible_weights', None)
+        pos['vis_weights'] = torch.ones_like(pos['keypoints_visible']) if weights is None else weights
         return pos
 
     def _objectness_weights(self, batch_data_samples: List, decoded_kpts: Tensor, kpt_vis: Tensor) -> Tensor:

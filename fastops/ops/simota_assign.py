@@ -4,7 +4,13 @@ from typing import Optional, Tuple
 import torch
 from torch import Tensor
 
+from fastops.reference.simota_assign import simota_assign_reference
+
 __all__ = ['simota_assign']
+
+# device types with a compiled kernel in this build; other devices run the pure-PyTorch reference
+_KERNEL_DEVICES = {device for device in ('cpu', 'cuda')
+                   if torch._C._dispatch_has_kernel_for_dispatch_key('fastops::simota_assign', device.upper())}
 
 
 def simota_assign(priors: Tensor, pred_bboxes: Tensor, pred_scores: Tensor, gt_bboxes: Tensor, gt_labels: Tensor,
@@ -53,6 +59,9 @@ def simota_assign(priors: Tensor, pred_bboxes: Tensor, pred_scores: Tensor, gt_b
         unmatched priors, int64 label (-1 = background). Images with no gt or no valid prior get
         zeros in ``max_overlaps``, exactly as the stock code.
 
+    On a device without a compiled kernel in this build (e.g. CUDA tensors with a CPU-only
+    build) the pure-PyTorch reference :mod:`fastops.reference.simota_assign` runs instead.
+
     Raises:
         RuntimeError: on wrong shapes, dtypes, devices, ``num_gts`` outside [0, G], or labels
         outside [0, C). ValueError: on non-finite inputs in debug mode (:func:`fastops.set_debug`).
@@ -67,6 +76,13 @@ def simota_assign(priors: Tensor, pred_bboxes: Tensor, pred_scores: Tensor, gt_b
         for name, tensor in inputs.items():
             if tensor is not None and tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
                 raise ValueError(f'simota_assign: {name} has non-finite values')
+    settings = dict(center_radius=center_radius, candidate_topk=candidate_topk, iou_weight=iou_weight,
+                    cls_weight=cls_weight, oks_weight=oks_weight, vis_weight=vis_weight,
+                    dynamic_k_indicator=dynamic_k_indicator, use_keypoints_for_center=use_keypoints_for_center)
+    if priors.device.type not in _KERNEL_DEVICES:
+        return simota_assign_reference(priors, pred_bboxes, pred_scores, gt_bboxes, gt_labels, num_gts,
+                                       pred_keypoints, pred_keypoints_visible, gt_keypoints, gt_keypoints_visible,
+                                       gt_areas, sigmas, **settings)
     return torch.ops.fastops.simota_assign(priors, pred_bboxes, pred_scores, pred_keypoints, pred_keypoints_visible,
                                            gt_bboxes, gt_labels, num_gts, gt_keypoints, gt_keypoints_visible,
                                            gt_areas, sigmas, float(center_radius), int(candidate_topk),
