@@ -4,19 +4,12 @@ Two groups per N, each holding fastops and stock in the same run:
   * ``probs-N``: ``LogMLECCLoss`` vs mmpose ``MLECCLoss`` on the same heatmaps and targets;
   * ``logits-N``: ``fastops.mlecc_loss_from_logits`` vs stock DCC softmax + DCC target generation
     + ``MLECCLoss`` (RTMOHead's loss_mle path).
-Each benchmark also records the peak memory of one forward+backward in ``extra_info``
-(``peak_mib``: CUDA max_memory_allocated, or on CPU the growth of the process' peak RSS over the
-inputs, measured in a fresh subprocess after a warm-up run, with glibc's mmap threshold fixed).
+Each benchmark also records the peak memory of one forward+backward (``extra_info['peak_mib']``,
+see bench/conftest.py).
 
     PYTHONPATH=. python -m pytest bench/bench_mlecc_loss.py --benchmark-group-by=group \
         --benchmark-columns=min,median,mean,rounds
 """
-import json
-import os
-import re
-import subprocess
-import sys
-
 import pytest
 import torch
 
@@ -79,77 +72,41 @@ def make_step(variant, modules):
     return step, logits_inputs
 
 
-def _status_kib(field):
-    return int(re.search(field + r":\s+(\d+)", open("/proc/self/status").read()).group(1))
-
-
-def measure_peak_mib(variant, n):
-    """Peak memory of one forward+backward after a warm-up run (CUDA allocator or CPU RSS)."""
-    step, make_inputs = make_step(variant, mmpose_modules())
-    step(*_as_args(make_inputs(n)))
-    args = _as_args(make_inputs(n))
-    if DEVICE == "cuda":
-        torch.cuda.synchronize()
-        base = torch.cuda.memory_allocated()
-        torch.cuda.reset_peak_memory_stats()
-        step(*args)
-        torch.cuda.synchronize()
-        return (torch.cuda.max_memory_allocated() - base) / 2**20
-    with open("/proc/self/clear_refs", "w") as f:  # resets the peak RSS (VmHWM)
-        f.write("5")
-    base = _status_kib("VmRSS")
-    step(*args)
-    return (_status_kib("VmHWM") - base) / 1024
-
-
-def _as_args(inputs):
-    return inputs if isinstance(inputs, tuple) else (inputs,)
-
-
-def peak_in_subprocess(variant, n):
-    # A fixed mmap threshold makes glibc return every large freed block to the OS, so the RSS
-    # follows the live tensors instead of the allocator's retained heap.
-    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536")
-    out = subprocess.run([sys.executable, __file__, variant, str(n)], capture_output=True, text=True, check=True,
-                         env=env)
-    return json.loads(out.stdout.strip().splitlines()[-1])
-
-
 @pytest.fixture(scope="module")
 def modules():
     pytest.importorskip("mmpose")
     return mmpose_modules()
 
 
-def run_benchmark(benchmark, modules, variant, n):
+def run_benchmark(measure, benchmark, modules, variant, n):
     step, make_inputs = make_step(variant, modules)
+    args = _as_args(make_inputs(n))
+    benchmark.extra_info.update(op=f"mlecc_{benchmark.group.split('-')[0]}", impl=variant,
+                                series=f"{variant} {DEVICE}", size=n, size_label="N (K=17, bins 192x256)")
+    leaves = [t for t in torch.utils._pytree.tree_leaves(args) if isinstance(t, torch.Tensor) and t.requires_grad]
 
-    def setup():
-        return _as_args(make_inputs(n)), {}
-
-    def timed(*args):
+    def fresh_step():  # gradients are allocated anew each call, as in training
+        for leaf in leaves:
+            leaf.grad = None
         step(*args)
-        if DEVICE == "cuda":
-            torch.cuda.synchronize()
 
-    benchmark.extra_info.update(device=DEVICE, torch=torch.__version__, n=n, k=K, bins=BINS,
-                                peak_mib=round(peak_in_subprocess(variant, n), 1))
-    benchmark.pedantic(timed, setup=setup, rounds=ROUNDS[n], warmup_rounds=1)
+    measure(fresh_step, torch.device(DEVICE), rounds=ROUNDS[n])
+
+
+def _as_args(inputs):
+    return inputs if isinstance(inputs, tuple) else (inputs,)
 
 
 @pytest.mark.parametrize("n", SIZES)
 @pytest.mark.parametrize("variant", ["stock_mlecc", "log_mlecc"])
-def test_probs(benchmark, modules, variant, n):
+def test_probs(measure, benchmark, modules, variant, n):
     benchmark.group = f"probs-N{n}"
-    run_benchmark(benchmark, modules, variant, n)
+    run_benchmark(measure, benchmark, modules, variant, n)
 
 
 @pytest.mark.parametrize("n", SIZES)
 @pytest.mark.parametrize("variant", ["stock_dcc_mlecc", "fused_from_logits"])
-def test_logits(benchmark, modules, variant, n):
+def test_logits(measure, benchmark, modules, variant, n):
     benchmark.group = f"logits-N{n}"
-    run_benchmark(benchmark, modules, variant, n)
+    run_benchmark(measure, benchmark, modules, variant, n)
 
-
-if __name__ == "__main__":
-    print(json.dumps(measure_peak_mib(sys.argv[1], int(sys.argv[2]))))

@@ -45,47 +45,42 @@ def _rounds(num_priors, num_gts):
     return 3 if num_priors * num_gts <= 2000 * 20 else 1
 
 
+def _label(benchmark, impl, num_priors, num_gts, device='cpu'):
+    benchmark.group = f'simota_assign P={num_priors} G={num_gts} {device}'
+    benchmark.extra_info.update(op='simota_assign', impl=impl, series=f'{impl} {device}',
+                                size=num_priors * num_gts, size_label='P·G (batch of 32)')
+
+
 @pytest.mark.parametrize('num_priors, num_gts', WORKLOADS)
-def test_fastops_batched(benchmark, num_priors, num_gts):
-    benchmark.group = f'P={num_priors} G={num_gts}'
+def test_fastops_batched(measure, benchmark, num_priors, num_gts):
+    _label(benchmark, 'fastops', num_priors, num_gts)
     args, kwargs = _batch(num_priors, num_gts)
-    gt_inds = benchmark.pedantic(lambda: fastops.simota_assign(*args, **kwargs, **RTMO_CONFIG)[0], rounds=10,
-                                 warmup_rounds=1)
-    assert (gt_inds > 0).any()
+    measure(lambda: fastops.simota_assign(*args, **kwargs, **RTMO_CONFIG), rounds=10)
 
 
 @pytest.mark.parametrize('num_priors, num_gts', WORKLOADS)
-def test_stock_mmpose_per_image(benchmark, num_priors, num_gts):
+def test_stock_mmpose_per_image(measure, benchmark, num_priors, num_gts):
     pytest.importorskip('mmpose')
     import mmpose.models  # noqa: F401  (registers SimOTAAssigner and PoseOKS)
-    benchmark.group = f'P={num_priors} G={num_gts}'
+    _label(benchmark, 'mmpose', num_priors, num_gts)
     args, kwargs = _batch(num_priors, num_gts)
-    results = benchmark.pedantic(_stock_per_image(args, kwargs), rounds=_rounds(num_priors, num_gts))
-    assert len(results) == BATCH
+    measure(_stock_per_image(args, kwargs), rounds=_rounds(num_priors, num_gts), warmup_rounds=0)
 
 
 @pytest.mark.parametrize('num_priors, num_gts', WORKLOADS)
-def test_reference(benchmark, num_priors, num_gts):
-    benchmark.group = f'P={num_priors} G={num_gts}'
+def test_reference(measure, benchmark, num_priors, num_gts):
+    _label(benchmark, 'reference', num_priors, num_gts)
     args, kwargs = _batch(num_priors, num_gts)
-    gt_inds = benchmark.pedantic(lambda: simota_assign_reference(*args, **kwargs, **RTMO_CONFIG)[0],
-                                 rounds=_rounds(num_priors, num_gts))
-    assert gt_inds.shape == (BATCH, num_priors)
+    measure(lambda: simota_assign_reference(*args, **kwargs, **RTMO_CONFIG), rounds=_rounds(num_priors, num_gts),
+            warmup_rounds=0)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason='needs a CUDA device')
 @pytest.mark.parametrize('num_priors, num_gts', WORKLOADS)
-def test_fastops_batched_cuda(benchmark, num_priors, num_gts):
-    benchmark.group = f'P={num_priors} G={num_gts}'
+def test_fastops_batched_cuda(measure, benchmark, num_priors, num_gts):
+    _label(benchmark, 'fastops', num_priors, num_gts, 'cuda')
     args, kwargs = _batch(num_priors, num_gts)
     args = [a.cuda() for a in args]
     kwargs = {k: v.cuda() for k, v in kwargs.items()}
-
-    def run():
-        out = fastops.simota_assign(*args, **kwargs, **RTMO_CONFIG)[0]
-        torch.cuda.synchronize()
-        return out
-
-    torch.cuda.reset_peak_memory_stats()
-    benchmark.pedantic(run, rounds=20, warmup_rounds=2)
-    benchmark.extra_info['peak_cuda_MiB'] = torch.cuda.max_memory_allocated() / 2**20
+    measure(lambda: fastops.simota_assign(*args, **kwargs, **RTMO_CONFIG), torch.device('cuda'), rounds=20,
+            warmup_rounds=2)
