@@ -4,13 +4,10 @@ from typing import Optional, Tuple
 import torch
 from torch import Tensor
 
+from fastops.ops._dispatch import has_kernel
 from fastops.reference.simota_assign import simota_assign_reference
 
 __all__ = ['simota_assign']
-
-# device types with a compiled kernel in this build; other devices run the pure-PyTorch reference
-_KERNEL_DEVICES = {device for device in ('cpu', 'cuda')
-                   if torch._C._dispatch_has_kernel_for_dispatch_key('fastops::simota_assign', device.upper())}
 
 
 def simota_assign(priors: Tensor, pred_bboxes: Tensor, pred_scores: Tensor, gt_bboxes: Tensor, gt_labels: Tensor,
@@ -79,7 +76,7 @@ def simota_assign(priors: Tensor, pred_bboxes: Tensor, pred_scores: Tensor, gt_b
     settings = dict(center_radius=center_radius, candidate_topk=candidate_topk, iou_weight=iou_weight,
                     cls_weight=cls_weight, oks_weight=oks_weight, vis_weight=vis_weight,
                     dynamic_k_indicator=dynamic_k_indicator, use_keypoints_for_center=use_keypoints_for_center)
-    if priors.device.type not in _KERNEL_DEVICES:
+    if not has_kernel(priors.device):
         return simota_assign_reference(priors, pred_bboxes, pred_scores, gt_bboxes, gt_labels, num_gts,
                                        pred_keypoints, pred_keypoints_visible, gt_keypoints, gt_keypoints_visible,
                                        gt_areas, sigmas, **settings)
