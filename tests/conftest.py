@@ -13,3 +13,21 @@ def _seed_and_debug_off():
     fastops.set_debug(False)
     yield
     fastops.set_debug(False)
+
+
+def _default_scope(scope):
+    """Registries resolve `type` in the default scope an earlier test may have left (mmpose's
+    and mmdet's both have a `SimOTAAssigner`); pin it for the test."""
+    registry = pytest.importorskip("mmengine.registry")
+    with registry.DefaultScope.overwrite_default_scope(scope):
+        yield
+
+
+@pytest.fixture
+def mmdet_scope():
+    yield from _default_scope("mmdet")
+
+
+@pytest.fixture
+def mmpose_scope():
+    yield from _default_scope("mmpose")

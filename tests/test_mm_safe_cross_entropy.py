@@ -8,19 +8,13 @@ import torch.nn.functional as F
 
 mmdet_losses = pytest.importorskip("mmdet.models.losses")
 from mmengine.logging import MessageHub  # noqa: E402
-from mmengine.registry import DefaultScope  # noqa: E402
 
 import fastops.mm  # noqa: E402,F401
 from mmdet.registry import MODELS  # noqa: E402
 
 N, C = 64, 7
 
-
-@pytest.fixture(autouse=True)
-def _mmdet_scope():
-    """Other tests may leave mmpose as the default scope; build from mmdet's registry here."""
-    with DefaultScope.overwrite_default_scope("mmdet"):
-        yield
+pytestmark = pytest.mark.usefixtures("mmdet_scope")
 CONSTRUCTOR = dict(
     reduction=["none", "mean", "sum"],
     class_weight=[None, [0.5 + 0.25 * i for i in range(C)]],

@@ -211,7 +211,7 @@ def _compare_batch(ours, stock_rows, args, kwargs, settings):
 
 
 @pytest.mark.parametrize('seed', range(60))
-def test_parity_with_mmpose(seed, metainfo_files):
+def test_parity_with_mmpose(seed, metainfo_files, mmpose_scope):
     pytest.importorskip('mmpose')
     from mmpose.registry import TASK_UTILS
     size, gts, K, kind = case_of(seed)
@@ -225,7 +225,7 @@ def test_parity_with_mmpose(seed, metainfo_files):
 
 
 @pytest.mark.parametrize('seed', range(25))
-def test_parity_with_mmdet_yolox(seed):
+def test_parity_with_mmdet_yolox(seed, mmdet_scope):
     pytest.importorskip('mmdet')
     from mmdet.registry import TASK_UTILS
     size, gts, _, kind = case_of(seed)
@@ -250,7 +250,7 @@ def test_parity_exceptions_are_rare():
 
 
 @pytest.mark.parametrize('seed', range(8))
-def test_mmpose_dropin_matches_stock(seed, metainfo_files):
+def test_mmpose_dropin_matches_stock(seed, metainfo_files, mmpose_scope):
     pytest.importorskip('mmpose')
     import fastops.mm  # noqa: F401  (registers FusedSimOTAAssigner)
     from mmpose.registry import TASK_UTILS
@@ -273,7 +273,7 @@ def test_mmpose_dropin_matches_stock(seed, metainfo_files):
 
 
 @pytest.mark.parametrize('seed', range(4))
-def test_mmdet_dropin_matches_stock(seed):
+def test_mmdet_dropin_matches_stock(seed, mmdet_scope):
     pytest.importorskip('mmdet')
     import fastops.mm  # noqa: F401
     from mmdet.models.task_modules.assigners import AssignResult
@@ -303,7 +303,7 @@ def test_stress_8400_priors_500_gts_peak_memory():
     assert matched == 702  # foreground priors of this seeded case; stock mmpose gives 702 too (measured)
 
 
-def test_rtmo_s_config_assigner_swaps_to_fused():
+def test_rtmo_s_config_assigner_swaps_to_fused(mmpose_scope):
     """The assigner dict of mmpose's RTMO-s COCO config builds as FusedSimOTAAssigner by changing only
     `type`, and assigns exactly as the stock assigner built from the same dict."""
     mmpose = pytest.importorskip('mmpose')
