@@ -5,6 +5,7 @@ architectures (default 8.0;9.0). MAX_JOBS bounds ninja's parallel compiles. No G
 """
 import glob
 import os
+import platform
 import re
 import shutil
 import subprocess
@@ -57,8 +58,12 @@ sources = sorted(glob.glob("csrc/*.cpp") + glob.glob("csrc/ops/*.cpp") + glob.gl
 # x86-64-v3 = AVX2/FMA/F16C (any x86 CPU since 2013; FASTOPS_CPU_ARCH=x86-64 for older ones).
 # -fno-trapping-math lets GCC if-convert float compares so the row loops vectorise; NaN and inf
 # semantics are unchanged (no -ffast-math).
-cpu_arch = os.environ.get("FASTOPS_CPU_ARCH", "x86-64-v3")
-cxx_flags = ["-O3", "-fopenmp", f"-march={cpu_arch}", "-fno-trapping-math", "-fno-math-errno"]
+# Elsewhere (aarch64, ...) the compiler's default target is kept unless FASTOPS_CPU_ARCH names one.
+default_arch = "x86-64-v3" if platform.machine() in ("x86_64", "AMD64") else None
+cpu_arch = os.environ.get("FASTOPS_CPU_ARCH", default_arch)
+cxx_flags = ["-O3", "-fopenmp", "-fno-trapping-math", "-fno-math-errno"]
+if cpu_arch:
+    cxx_flags.append(f"-march={cpu_arch}")
 nvcc_flags = ["-O3", "--expt-relaxed-constexpr"]  # no fast-math: the ops promise exact IEEE results
 macros = [("TORCH_VERSION_BUILT", f'"{torch.__version__}"')]
 include_dirs = [os.path.join(root, "csrc")]

@@ -33,8 +33,8 @@ using namespace mlecc;
 constexpr int64_t kInstancesPerTask = 4;
 
 // ---------------------------------------------------------------- AVX2 + FMA helpers
-// Float rows take these paths when the CPU has AVX2 and FMA (checked at run time); the build
-// itself stays baseline x86-64. Double rows (gradcheck) stay scalar.
+// Float rows take these paths when the CPU has AVX2 and FMA (checked at run time, so a baseline
+// FASTOPS_CPU_ARCH=x86-64 build keeps them too). Double rows (gradcheck) stay scalar.
 #if FASTOPS_HAS_AVX2
 #define FASTOPS_AVX2 __attribute__((target("avx2,fma")))
 
