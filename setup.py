@@ -61,7 +61,9 @@ sources = sorted(glob.glob("csrc/*.cpp") + glob.glob("csrc/ops/*.cpp") + glob.gl
 # Elsewhere (aarch64, ...) the compiler's default target is kept unless FASTOPS_CPU_ARCH names one.
 default_arch = "x86-64-v3" if platform.machine() in ("x86_64", "AMD64") else None
 cpu_arch = os.environ.get("FASTOPS_CPU_ARCH", default_arch)
-cxx_flags = ["-O3", "-fopenmp", "-fno-trapping-math", "-fno-math-errno"]
+# -ffp-contract=off: every a*b+c rounds twice, as in the stock PyTorch graphs the ops must match
+# bit for bit (common/rounded_math.h).
+cxx_flags = ["-O3", "-fopenmp", "-fno-trapping-math", "-fno-math-errno", "-ffp-contract=off"]
 if cpu_arch:
     cxx_flags.append(f"-march={cpu_arch}")
 nvcc_flags = ["-O3", "--expt-relaxed-constexpr"]  # no fast-math: the ops promise exact IEEE results

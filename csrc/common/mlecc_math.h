@@ -14,60 +14,14 @@
 #include <cmath>
 #include <limits>
 
+#include "common/rounded_math.h"
+
 namespace fastops {
 namespace mlecc {
 
 constexpr double kLogitClamp = 5e4;   // DCC._apply_softmax clamps the 1-D heatmap logits
 constexpr double kSoftmaxEps = 1e-8;  // DCC._apply_softmax: exp / (sum(exp) + EPS)
 constexpr double kSigmaMin = 1e-3;    // generate_target_heatmap: sigmas.clip(min=1e-3)
-
-// IEEE-rounded products, sums and quotients: the CUDA build uses --use_fast_math and contracts
-// a*b+c into an FMA, which would move the bin positions and Laplace exponents away from the
-// values the stock (unfused, correctly rounded) graph computes.
-C10_HOST_DEVICE inline float mul_rn(float a, float b) {
-#ifdef __CUDA_ARCH__
-  return __fmul_rn(a, b);
-#else
-  volatile float product = a * b;  // volatile: no FMA contraction with the following add
-  return product;
-#endif
-}
-C10_HOST_DEVICE inline double mul_rn(double a, double b) {
-#ifdef __CUDA_ARCH__
-  return __dmul_rn(a, b);
-#else
-  volatile double product = a * b;
-  return product;
-#endif
-}
-C10_HOST_DEVICE inline float add_rn(float a, float b) {
-#ifdef __CUDA_ARCH__
-  return __fadd_rn(a, b);
-#else
-  return a + b;
-#endif
-}
-C10_HOST_DEVICE inline double add_rn(double a, double b) {
-#ifdef __CUDA_ARCH__
-  return __dadd_rn(a, b);
-#else
-  return a + b;
-#endif
-}
-C10_HOST_DEVICE inline float div_rn(float a, float b) {
-#ifdef __CUDA_ARCH__
-  return __fdiv_rn(a, b);
-#else
-  return a / b;
-#endif
-}
-C10_HOST_DEVICE inline double div_rn(double a, double b) {
-#ifdef __CUDA_ARCH__
-  return __ddiv_rn(a, b);
-#else
-  return a / b;
-#endif
-}
 
 template <typename T>
 C10_HOST_DEVICE inline T clamp_logit(T z) {

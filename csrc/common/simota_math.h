@@ -2,13 +2,15 @@
 //
 // Every formula mirrors the float32 operation order of the stock code (mmpose 1.3.2
 // SimOTAAssigner / PoseOKS / bbox_overlaps, mmdet 3.3.0 SimOTAAssigner) so that costs agree to
-// the last bits wherever the stock code does one operation per element. On the device the
-// arithmetic goes through the IEEE round-to-nearest intrinsics and exp/log through double, because
-// the extension is compiled with --use_fast_math (which would fuse a*b+c and approximate expf).
+// the last bits wherever the stock code does one operation per element: arithmetic goes through
+// common/rounded_math.h (no FMA contraction), and on the device exp/log go through double so that
+// they round like the host's libm.
 #pragma once
 
 #include <cmath>
 #include <cstdint>
+
+#include "common/rounded_math.h"
 
 #ifdef __CUDACC__
 #define FASTOPS_HD __host__ __device__ __forceinline__
@@ -25,41 +27,6 @@ constexpr float kUnionEps = 1e-6f;    // bbox_overlaps: union = max(union, 1e-6)
 constexpr float kOksEps = 1e-8f;      // PoseOKS clip of sqrt(area) and of the weight sum
 constexpr float kBceLogFloor = -100;  // torch binary_cross_entropy clamps its logs at -100
 
-FASTOPS_HD float add(float a, float b) {
-#ifdef __CUDA_ARCH__
-  return __fadd_rn(a, b);
-#else
-  return a + b;
-#endif
-}
-FASTOPS_HD float sub(float a, float b) {
-#ifdef __CUDA_ARCH__
-  return __fsub_rn(a, b);
-#else
-  return a - b;
-#endif
-}
-FASTOPS_HD float mul(float a, float b) {
-#ifdef __CUDA_ARCH__
-  return __fmul_rn(a, b);
-#else
-  return a * b;
-#endif
-}
-FASTOPS_HD float div(float a, float b) {
-#ifdef __CUDA_ARCH__
-  return __fdiv_rn(a, b);
-#else
-  return a / b;
-#endif
-}
-FASTOPS_HD float sqrt_rn(float a) {
-#ifdef __CUDA_ARCH__
-  return __fsqrt_rn(a);
-#else
-  return std::sqrt(a);
-#endif
-}
 FASTOPS_HD float exp_f(float a) {
 #ifdef __CUDA_ARCH__
   return static_cast<float>(::exp(static_cast<double>(a)));
@@ -118,30 +85,30 @@ struct ImageData {
 
 // torch.nn.functional.binary_cross_entropy for one element (same expression as torch's kernel).
 FASTOPS_HD float bce(float x, float t) {
-  return sub(mul(sub(t, 1.f), max_f(log1p_f(-x), kBceLogFloor)), mul(t, max_f(log_f(x), kBceLogFloor)));
+  return sub_rn(mul_rn(sub_rn(t, 1.f), max_f(log1p_f(-x), kBceLogFloor)), mul_rn(t, max_f(log_f(x), kBceLogFloor)));
 }
 
 // Per-gt quantities: box or keypoint center (stock: visibility-weighted keypoint mean where any
 // keypoint is visible) and the normalised OKS weights.
 FASTOPS_HD void prepare_gt(const ImageData& img, const Params& prm, int64_t g) {
   const float* box = img.gt_boxes + g * 4;
-  float cx = div(add(box[0], box[2]), 2.f);
-  float cy = div(add(box[1], box[3]), 2.f);
+  float cx = div_rn(add_rn(box[0], box[2]), 2.f);
+  float cy = div_rn(add_rn(box[1], box[3]), 2.f);
   if (prm.pose) {
     const float* vis = img.gt_vis + g * prm.K;
     const float* kp = img.gt_kpts + g * prm.K * 2;
     float vis_sum = 0.f, sx = 0.f, sy = 0.f;
     for (int64_t k = 0; k < prm.K; ++k) {
-      vis_sum = add(vis_sum, vis[k]);
-      sx = add(sx, mul(kp[2 * k], vis[k]));
-      sy = add(sy, mul(kp[2 * k + 1], vis[k]));
+      vis_sum = add_rn(vis_sum, vis[k]);
+      sx = add_rn(sx, mul_rn(kp[2 * k], vis[k]));
+      sy = add_rn(sy, mul_rn(kp[2 * k + 1], vis[k]));
     }
     if (prm.keypoint_center && vis_sum > 0) {
-      cx = div(sx, vis_sum);
-      cy = div(sy, vis_sum);
+      cx = div_rn(sx, vis_sum);
+      cy = div_rn(sy, vis_sum);
     }
     float weight_norm = max_f(vis_sum, kOksEps);
-    for (int64_t k = 0; k < prm.K; ++k) img.gt_kpt_weight[g * prm.K + k] = div(vis[k], weight_norm);
+    for (int64_t k = 0; k < prm.K; ++k) img.gt_kpt_weight[g * prm.K + k] = div_rn(vis[k], weight_norm);
   }
   img.gt_center[2 * g] = cx;
   img.gt_center[2 * g + 1] = cy;
@@ -151,29 +118,29 @@ FASTOPS_HD void prepare_gt(const ImageData& img, const Params& prm, int64_t g) {
 FASTOPS_HD bool in_box(const ImageData& img, int64_t p, int64_t g) {
   const float* pr = img.priors + p * 4;
   const float* box = img.gt_boxes + g * 4;
-  return sub(pr[0], box[0]) > 0 && sub(pr[1], box[1]) > 0 && sub(box[2], pr[0]) > 0 && sub(box[3], pr[1]) > 0;
+  return sub_rn(pr[0], box[0]) > 0 && sub_rn(pr[1], box[1]) > 0 && sub_rn(box[2], pr[0]) > 0 && sub_rn(box[3], pr[1]) > 0;
 }
 
 // Prior centre strictly inside the square of half-size center_radius * stride around the gt centre.
 FASTOPS_HD bool in_center(const ImageData& img, const Params& prm, int64_t p, int64_t g) {
   const float* pr = img.priors + p * 4;
   float cx = img.gt_center[2 * g], cy = img.gt_center[2 * g + 1];
-  float rx = mul(prm.center_radius, pr[2]), ry = mul(prm.center_radius, pr[3]);
-  return sub(pr[0], sub(cx, rx)) > 0 && sub(pr[1], sub(cy, ry)) > 0 && sub(add(cx, rx), pr[0]) > 0 &&
-         sub(add(cy, ry), pr[1]) > 0;
+  float rx = mul_rn(prm.center_radius, pr[2]), ry = mul_rn(prm.center_radius, pr[3]);
+  return sub_rn(pr[0], sub_rn(cx, rx)) > 0 && sub_rn(pr[1], sub_rn(cy, ry)) > 0 && sub_rn(add_rn(cx, rx), pr[0]) > 0 &&
+         sub_rn(add_rn(cy, ry), pr[1]) > 0;
 }
 
 // bbox_overlaps(mode='iou'): overlap / max(area1 + area2 - overlap, 1e-6).
 FASTOPS_HD float pair_iou(const ImageData& img, int64_t p, int64_t g) {
   const float* a = img.boxes + p * 4;
   const float* b = img.gt_boxes + g * 4;
-  float area1 = mul(sub(a[2], a[0]), sub(a[3], a[1]));
-  float area2 = mul(sub(b[2], b[0]), sub(b[3], b[1]));
-  float w = max_f(sub(fminf(a[2], b[2]), fmaxf(a[0], b[0])), 0.f);
-  float h = max_f(sub(fminf(a[3], b[3]), fmaxf(a[1], b[1])), 0.f);
-  float overlap = mul(w, h);
-  float union_area = max_f(sub(add(area1, area2), overlap), kUnionEps);
-  return div(overlap, union_area);
+  float area1 = mul_rn(sub_rn(a[2], a[0]), sub_rn(a[3], a[1]));
+  float area2 = mul_rn(sub_rn(b[2], b[0]), sub_rn(b[3], b[1]));
+  float w = max_f(sub_rn(fminf(a[2], b[2]), fmaxf(a[0], b[0])), 0.f);
+  float h = max_f(sub_rn(fminf(a[3], b[3]), fmaxf(a[1], b[1])), 0.f);
+  float overlap = mul_rn(w, h);
+  float union_area = max_f(sub_rn(add_rn(area1, area2), overlap), kUnionEps);
+  return div_rn(overlap, union_area);
 }
 
 // PoseOKS: sum_k w_k * exp(-(|d_k| / sqrt(area) / (2 sigma_k))^2 / 2), computed per pair.
@@ -185,9 +152,9 @@ FASTOPS_HD float pair_oks(const ImageData& img, const Params& prm, int64_t p, in
   float oks = 0.f;
   for (int64_t k = 0; k < prm.K; ++k) {
     if (w[k] == 0.f) continue;  // exp(.) * 0 adds nothing
-    float dx = sub(pk[2 * k], gk[2 * k]), dy = sub(pk[2 * k + 1], gk[2 * k + 1]);
-    float dist = div(div(sqrt_rn(add(mul(dx, dx), mul(dy, dy))), sqrt_area), mul(img.sigmas[k], 2.f));
-    oks = add(oks, mul(exp_f(div(-mul(dist, dist), 2.f)), w[k]));
+    float dx = sub_rn(pk[2 * k], gk[2 * k]), dy = sub_rn(pk[2 * k + 1], gk[2 * k + 1]);
+    float dist = div_rn(div_rn(sqrt_rn(add_rn(mul_rn(dx, dx), mul_rn(dy, dy))), sqrt_area), mul_rn(img.sigmas[k], 2.f));
+    oks = add_rn(oks, mul_rn(exp_f(div_rn(-mul_rn(dist, dist), 2.f)), w[k]));
   }
   return oks;
 }
@@ -209,7 +176,7 @@ FASTOPS_HD float pair_vis_cost(const ImageData& img, const Params& prm, int64_t 
   const float* pv = img.kpt_vis + p * prm.K;
   const float* gv = img.gt_vis + g * prm.K;
   float cost = 0.f;
-  for (int64_t k = 0; k < prm.K; ++k) cost = add(cost, bce(pv[k], gv[k]));
+  for (int64_t k = 0; k < prm.K; ++k) cost = add_rn(cost, bce(pv[k], gv[k]));
   return cost;
 }
 
@@ -246,7 +213,7 @@ FASTOPS_HD bool prior_is_valid(const ImageData& img, const Params& prm, int64_t 
 // max(1, trunc(sum)) as the stock clamp(sum.int(), min=1); NaN or negative sums give 1.
 FASTOPS_HD int64_t dynamic_k_of_sum(float sum) { return sum >= 2.f ? static_cast<int64_t>(sum) : 1; }
 
-FASTOPS_HD float neg_log_eps(float x) { return -log_f(add(x, kLogEps)); }
+FASTOPS_HD float neg_log_eps(float x) { return -log_f(add_rn(x, kLogEps)); }
 
 // The IoU/OKS similarities of one pair; oks is 0 when not needed.
 struct PairSim {
@@ -269,12 +236,12 @@ FASTOPS_HD PairSim pair_similarity(const ImageData& img, const Params& prm, int6
 // `cls_cost` / `vis_cost` may be lower bounds (monotone float ops keep the result a lower bound).
 FASTOPS_HD float combine_cost(const Params& prm, bool inbc, float iou, float oks, float cls_cost, float vis_cost) {
   float outside = inbc ? 0.f : kInf;
-  if (!prm.pose) return add(add(mul(cls_cost, prm.cls_weight), mul(neg_log_eps(iou), prm.iou_weight)), outside);
+  if (!prm.pose) return add_rn(add_rn(mul_rn(cls_cost, prm.cls_weight), mul_rn(neg_log_eps(iou), prm.iou_weight)), outside);
   float cost = outside;
-  if (prm.iou_weight > 0) cost = add(cost, mul(neg_log_eps(iou), prm.iou_weight));
-  if (prm.need_oks()) cost = add(cost, mul(neg_log_eps(oks), prm.oks_weight));
-  if (prm.cls_weight > 0) cost = add(cost, mul(cls_cost, prm.cls_weight));
-  if (prm.vis_weight > 0) cost = add(cost, mul(vis_cost, prm.vis_weight));
+  if (prm.iou_weight > 0) cost = add_rn(cost, mul_rn(neg_log_eps(iou), prm.iou_weight));
+  if (prm.need_oks()) cost = add_rn(cost, mul_rn(neg_log_eps(oks), prm.oks_weight));
+  if (prm.cls_weight > 0) cost = add_rn(cost, mul_rn(cls_cost, prm.cls_weight));
+  if (prm.vis_weight > 0) cost = add_rn(cost, mul_rn(vis_cost, prm.vis_weight));
   return cost;
 }
 

@@ -54,7 +54,7 @@ class SmallestK {
 // in float32 as torch sums the sorted torch.topk output.
 int64_t dynamic_k(const SmallestK& largest_negated, int64_t num_valid) {
   float total = 0.f;
-  for (int64_t i = 0; i < largest_negated.size(); ++i) total = simota::add(total, -largest_negated.key(i));
+  for (int64_t i = 0; i < largest_negated.size(); ++i) total = add_rn(total, -largest_negated.key(i));
   return std::min(simota::dynamic_k_of_sum(total), num_valid);
 }
 

@@ -120,7 +120,7 @@ __global__ void select_per_gt(Params prm, const int64_t* num_gts, const uint8_t*
   for (int64_t r = 0; r < candidates; ++r) {
     next_smallest(indicator + column, -1.f, image_valid, P, key, idx, key, idx);
     if (idx < 0) break;
-    total = simota::add(total, -key);
+    total = add_rn(total, -key);
   }
   const int64_t k = min(simota::dynamic_k_of_sum(total), static_cast<int64_t>(num_valid[b]));
   key = -FLT_MAX;
