@@ -1,24 +1,19 @@
 """Peak extra host memory of one SimOTA assignment at P=8400 (640x640, strides 8/16/32), G=500.
 
 Usage: python bench/simota_stress_memory.py {fastops,stock,fastops_yolox,stock_yolox}
-Prints one line: `<which> peak_extra_MiB <VmHWM - VmRSS before the call> seconds <s> matched <n>`.
-`stock` is mmpose's SimOTAAssigner (RTMO settings, K=17), `stock_yolox` mmdet's (C=80). Run one
-assigner per process: VmHWM is the peak of the whole process.
+Prints one line: `<which> peak_extra_MiB <peak RSS rise of the call> seconds <s> matched <n>`
+(peak memory as the benchmarks measure it: bench/conftest.py). `stock` is mmpose's SimOTAAssigner
+(RTMO settings, K=17), `stock_yolox` mmdet's (C=80). One assigner per process.
 """
 import os
 import sys
 import time
 
+import torch
+from conftest import peak_memory_mib  # bench/conftest.py, beside this script
+
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..', 'tests'))
 from simota_cases import RTMO_CONFIG, YOLOX_CONFIG, random_batch  # noqa: E402
-
-
-def status_bytes(key: str) -> int:
-    with open('/proc/self/status') as f:
-        for line in f:
-            if line.startswith(key):
-                return int(line.split()[1]) * 1024
-    raise KeyError(key)
 
 
 def assigner(which: str):
@@ -49,12 +44,11 @@ def assigner(which: str):
 
 def main(which: str) -> None:
     run = assigner(which)
-    before = status_bytes('VmRSS')
+    results = []
     start = time.perf_counter()
-    gt_inds = run()
+    extra = peak_memory_mib(lambda: results.append(run()), torch.device('cpu'))
     seconds = time.perf_counter() - start
-    extra = (status_bytes('VmHWM') - before) / 2**20
-    print(f'{which} peak_extra_MiB {extra:.1f} seconds {seconds:.2f} matched {int((gt_inds > 0).sum())}')
+    print(f'{which} peak_extra_MiB {extra:.1f} seconds {seconds:.2f} matched {int((results[0] > 0).sum())}')
 
 
 if __name__ == '__main__':
