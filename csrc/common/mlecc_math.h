@@ -35,6 +35,17 @@ C10_HOST_DEVICE inline bool logit_in_clamp_range(T z) {
   return z >= -lim && z <= lim;
 }
 
+// d loss / d z_i = grad_s (r_i - p_i), zero where the stock clamp saturates, and flushed to zero
+// below the smallest normal number: subnormal gradients (r_i and p_i near exp(-100)) change nothing
+// in training but make every CPU GEMM that reads them (the DCC's logits = features x bin
+// encodings) up to 30x slower.
+template <typename T>
+C10_HOST_DEVICE inline T logit_grad(T raw, T grad_s, T r, T p) {
+  if (!logit_in_clamp_range(raw)) return T(0);
+  const T grad = grad_s * (r - p);
+  return std::fabs(grad) < std::numeric_limits<T>::min() ? T(0) : grad;
+}
+
 // Per-axis constants of one keypoint's Laplace target.
 template <typename T>
 struct LaplaceAxis {

@@ -311,7 +311,7 @@ struct AxisGrads {
   T sigma, center, scale;
 };
 
-// Writes d loss / d logits = grad_s * (r_i - p_i) (zero where the stock clamp saturates), with
+// Writes d loss / d logits = grad_s * (r_i - p_i) (see logit_grad), with
 // p the softmax and r_i = p_i t_i / sum_j p_j t_j the posterior over bins, and returns the
 // derivatives of s_a through the Laplace exponents e_i = -q_i / 2, q_i = |g - b_i| / a' / s':
 //   d s_a / d s' = sum_i r_i q_i / (2 s') - 1 / s',  d s_a / d b_i = r_i sign(g - b_i) / (2 a' s').
@@ -326,7 +326,7 @@ AxisGrads<T> axis_backward(const AxisRow<T>& row, const LogNormalisers<T>& lse, 
     const T q = tgt.distance(row.lin[i]);
     const T r = std::exp(d - q * T(0.5) - lse.joint);
     const T p = std::exp(d - lse.softmax);
-    grad_logits[i] = logit_in_clamp_range(raw) ? grad_s * (r - p) : T(0);
+    grad_logits[i] = logit_grad(raw, grad_s, r, p);
     const T signed_r = diff > 0 ? r : (diff < 0 ? -r : T(0));
     sum_rq += r * q;
     sum_rs += signed_r;
@@ -400,6 +400,7 @@ FASTOPS_AVX2 AxisGrads<float> axis_backward_avx2(const AxisRow<float>& row, cons
   const __m256 z_max = _mm256_set1_ps(lse.z_max);
   const __m256 lse_joint = _mm256_set1_ps(lse.joint), lse_softmax = _mm256_set1_ps(lse.softmax);
   const __m256 grad = _mm256_set1_ps(grad_s), sign_bit = _mm256_set1_ps(-0.0f), zero = _mm256_setzero_ps();
+  const __m256 smallest_normal = _mm256_set1_ps(std::numeric_limits<float>::min());
   __m256 sum_rq = zero, sum_rs = zero, sum_rls = zero;
   for (int64_t i = 0; i < row.bins; i += 8) {
     const __m256i mask = lane_mask(i, row.bins);
@@ -414,7 +415,9 @@ FASTOPS_AVX2 AxisGrads<float> axis_backward_avx2(const AxisRow<float>& row, cons
     const __m256 p = exp256(_mm256_sub_ps(d, lse_softmax));
     const __m256 unclamped = _mm256_and_ps(_mm256_cmp_ps(raw, _mm256_set1_ps(-lim), _CMP_GE_OQ),
                                            _mm256_cmp_ps(raw, _mm256_set1_ps(lim), _CMP_LE_OQ));
-    _mm256_maskstore_ps(grad_logits + i, mask, _mm256_and_ps(unclamped, _mm256_mul_ps(grad, _mm256_sub_ps(r, p))));
+    const __m256 grad_i = _mm256_mul_ps(grad, _mm256_sub_ps(r, p));
+    const __m256 not_subnormal = _mm256_cmp_ps(_mm256_andnot_ps(sign_bit, grad_i), smallest_normal, _CMP_NLT_UQ);
+    _mm256_maskstore_ps(grad_logits + i, mask, _mm256_and_ps(_mm256_and_ps(unclamped, not_subnormal), grad_i));
     // r * sign(diff): r >= 0 takes diff's sign bit, and is zeroed where diff == 0.
     const __m256 signed_r = _mm256_and_ps(_mm256_cmp_ps(diff, zero, _CMP_NEQ_OQ),
                                           _mm256_or_ps(r, _mm256_and_ps(diff, sign_bit)));

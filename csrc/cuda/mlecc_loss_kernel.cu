@@ -222,7 +222,7 @@ __device__ AxisGrads<T> axis_backward(const T* logits, const T* lin, int64_t bin
     const T q = tgt.distance(lin[i]);
     const T r = ::exp(d - q * T(0.5) - lse.joint);
     const T p = ::exp(d - lse.softmax);
-    grad_logits[i] = logit_in_clamp_range(raw) ? grad_s * (r - p) : T(0);
+    grad_logits[i] = logit_grad(raw, grad_s, r, p);
     const T signed_r = diff > 0 ? r : (diff < 0 ? -r : T(0));
     sum_rq += r * q;
     sum_rs += signed_r;

@@ -266,8 +266,7 @@ class FastRTMOHead(RTMOHead):
         """``loss_mle`` ([N], as ``MLECCLoss``) from the DCC logits, and the logits."""
         dcc = self.dcc
         sigmas = dcc.sigma_fc(pose_vecs)
-        x_bins_enc, y_bins_enc = dcc._get_bin_enc(bbox_cs, grids)
-        logits_x, logits_y = dcc._pose_feats_to_heatmaps(pose_vecs, x_bins_enc, y_bins_enc)
+        logits_x, logits_y = self._dcc_logits(pose_vecs, bbox_cs, grids)
         floor = getattr(self.loss_mle, 'floor', STOCK_FLOOR)
         per_keypoint, num_invalid = mlecc_loss_from_logits(
             logits_x.float(), logits_y.float(), kpt_targets.float(), bbox_cs.float(), sigmas.float(),
@@ -276,6 +275,27 @@ class FastRTMOHead(RTMOHead):
         loss = reduce_mlecc(per_keypoint, vis_targets, self.loss_mle.use_target_weight, self.loss_mle.reduction,
                             self.loss_mle.loss_weight)
         return loss, (logits_x, logits_y)
+
+    def _dcc_logits(self, pose_vecs: Tensor, bbox_cs: Tensor, grids: Tensor) -> Tuple[Tensor, Tensor]:
+        """The DCC's x and y logits, as ``DCC._get_bin_enc`` + ``_pose_feats_to_heatmaps`` compute
+        them, with the bin-encoding adapter moved onto the keypoint features:
+        f . (W e_b + c) = (f W) . e_b + f . c, a [N*K, C] x [C, C] product per axis instead of
+        [N*bins, C] x [C, C] (K=17 keypoints, 192/256 bins)."""
+        dcc = self.dcc
+        kpt_feats = dcc.pose_to_kpts(pose_vecs).reshape(-1, dcc.num_keypoints, dcc.feat_channels)
+        if hasattr(dcc, 'gau'):
+            kpt_feats = dcc.gau(kpt_feats, pos_enc=getattr(dcc, 'pos_enc', None))
+        center, scale = bbox_cs.split(2, dim=-1)
+        center = center - grids
+        logits = []
+        for axis, (bins, adapter) in enumerate(((dcc.x_bins, dcc.x_fc), (dcc.y_bins, dcc.y_fc))):
+            positions = bins.view(1, -1) * scale[:, axis:axis + 1] + center[:, axis:axis + 1]
+            bin_enc = dcc.spe(position=positions)
+            axis_logits = torch.matmul(kpt_feats @ adapter.weight, bin_enc.transpose(-1, -2))
+            if adapter.bias is not None:
+                axis_logits = axis_logits + (kpt_feats @ adapter.bias).unsqueeze(-1)
+            logits.append(axis_logits)
+        return logits[0], logits[1]
 
     @torch.no_grad()
     def _decode_dcc(self, logits_x: Tensor, logits_y: Tensor, bbox_cs: Tensor) -> Tensor:
