@@ -6,8 +6,11 @@ Run: PYTHONPATH=. python -m pytest bench/bench_fast_rtmo_head.py --benchmark-gro
 Rows per group ``B=<batch>``:
   stock             mmpose RTMOHead (per-image SimOTA loop, materialised DCC heatmaps)
   stock-nhwc        the same with the neck features in channels-last layout (what the layout alone buys)
-  fast-two-changes  FastRTMOHead with ``channels_last_on_cpu=False`` (batched assign + fused MLE only)
+  fast-nchw         FastRTMOHead with ``channels_last_on_cpu=False``
   fast              FastRTMOHead as shipped
+  conv-floor        only the head convolutions (with their norms and activations) that any RTMO head
+                    must run, forward and backward, channels-last: no targets, no loss. stock time /
+                    this time bounds the speed-up of any head that keeps the same float32 convolutions.
 Each row also records ``cpu_s_min``/``cpu_s_median`` (extra_info): process CPU seconds per call
 (all threads), which a machine shared with other jobs disturbs less than wall time.
 
@@ -29,7 +32,7 @@ from rtmo_head_cases import head_loss_and_backward, stock_and_fast_heads, synthe
 
 SIZE = 640
 MIN_PEOPLE, MAX_PEOPLE = 5, 20
-VARIANTS = ['stock', 'stock-nhwc', 'fast-two-changes', 'fast']
+VARIANTS = ['stock', 'stock-nhwc', 'fast-nchw', 'fast', 'conv-floor']
 
 
 @pytest.fixture(scope='module')
@@ -50,14 +53,26 @@ def realistic_batch(batch_size: int, device: torch.device):
 def head_step(heads, variant: str, batch_size: int, device: torch.device):
     stock, fast = (head.to(device) for head in heads)
     feats, samples = realistic_batch(batch_size, device)
+    if variant == 'conv-floor':
+        return lambda: head_convolutions_and_backward(fast, feats)
     if variant.startswith('stock'):
-        head = stock
         if variant == 'stock-nhwc':
             feats = tuple(feat.contiguous(memory_format=torch.channels_last) for feat in feats)
-    else:
-        head = fast
-        head.channels_last_on_cpu = variant == 'fast'
-    return lambda: head_loss_and_backward(head, feats, samples)
+        return lambda: head_loss_and_backward(stock, feats, samples)
+
+    def fast_step():
+        fast.channels_last_on_cpu = variant == 'fast'
+        return head_loss_and_backward(fast, feats, samples)
+
+    return fast_step
+
+
+def head_convolutions_and_backward(fast, feats):
+    """FastRTMOHead's convolution outputs (channels-last on CPU), and backward of their sum."""
+    fast.zero_grad(set_to_none=True)
+    fast.channels_last_on_cpu = True
+    outputs = fast._head_outputs(feats)
+    sum(output.sum() for level_outputs in outputs for output in level_outputs).backward()
 
 
 class CpuTimed:
@@ -101,7 +116,6 @@ def interleaved(batch_size: int, repeats: int) -> dict:
     seconds = {variant: [] for variant in VARIANTS}
     for _ in range(repeats + 1):
         for variant, step in steps.items():
-            heads[1].channels_last_on_cpu = variant == 'fast'
             start = time.perf_counter()
             step()
             seconds[variant].append(time.perf_counter() - start)

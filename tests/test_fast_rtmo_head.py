@@ -12,6 +12,7 @@ import torch
 pytest.importorskip('mmpose')
 pytest.importorskip('mmdet')
 
+from mmcv.cnn.bricks.swish import Swish  # noqa: E402
 from mmengine.hub import get_config  # noqa: E402
 from mmengine.structures import PixelData  # noqa: E402
 from mmpose.engine.hooks import RTMOModeSwitchHook  # noqa: E402
@@ -87,6 +88,26 @@ def test_loss_and_gradients_match_stock(people, switched):
     assert fast_losses['loss_mle'].shape == (int(fast_losses['num_samples']), )
     assert_losses_match(fast_losses, stock_losses)
     assert_grads_match(fast, stock)
+
+
+def test_channels_first_layout_matches_stock():
+    stock, fast = stock_and_fast_heads()
+    fast.channels_last_on_cpu = False
+    feats, samples = synthetic_batch(3, [3, 0, 5], SIZE)
+    assert_losses_match(*run_both(stock, fast, feats, samples))
+    assert_grads_match(fast, stock)
+
+
+def test_swish_runs_as_silu_with_the_same_outputs():
+    stock, fast = stock_and_fast_heads()
+    assert not any(isinstance(module, Swish) for module in fast.modules())
+    assert any(isinstance(module, Swish) for module in stock.modules())
+    feats, _ = synthetic_batch(4, [1, 1], SIZE)
+    with torch.no_grad():
+        stock_outputs, fast_outputs = stock.eval()(feats), fast.eval()(feats)
+    for stock_levels, fast_levels in zip(stock_outputs, fast_outputs):
+        for stock_level, fast_level in zip(stock_levels, fast_levels):
+            torch.testing.assert_close(fast_level, stock_level, rtol=1e-5, atol=1e-5)
 
 
 def test_batch_without_gts_matches_stock():

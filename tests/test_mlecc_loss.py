@@ -148,6 +148,32 @@ def test_stock_saturates_where_log_space_keeps_the_gradient():
     assert (pure_grads["sigmas"][visible] < 0).all()  # larger sigma explains far keypoints
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_logit_gradients_below_the_smallest_normal_are_zero(dtype):
+    """Bins far from the target get d loss / d z of order exp(-100): written as 0, not as a
+    subnormal (which slows every GEMM reading the gradient), and the rest as computed."""
+    case = {name: t.to(dtype) if t.is_floating_point() else t for name, t in rtmo_case(64, 11).items()}
+    for name in ("logits_x", "logits_y"):
+        case[name] = case[name] * 60  # spreads the softmax over ~100 nats
+    _, grads = grads_of(fused_loss, case)
+    expected = float64_log_space_grads(case)
+    tiny = torch.finfo(dtype).tiny
+    for name in ("logits_x", "logits_y"):
+        grad = grads[name]
+        assert not ((grad != 0) & (grad.abs() < tiny)).any()
+        assert (expected[name].abs() < tiny).any()  # the case does reach the subnormal range
+        flushed = expected[name].abs() < tiny
+        assert (grad[flushed] == 0).all()
+        rtol = 1e-3 if dtype == torch.float32 else 1e-9  # float32 logits of ~100 nats carry ~1e-5 of rounding
+        torch.testing.assert_close(grad.double(), expected[name], rtol=rtol, atol=rtol * expected[name].abs().max())
+
+
+def float64_log_space_grads(case):
+    inputs = with_grad({name: t.double() if t.is_floating_point() else t for name, t in case.items()})
+    loss = ref.mlecc_loss_from_logits(**inputs, floor=STOCK_FLOOR, compute_dtype=torch.float64)
+    return dict(zip(GRAD_NAMES, torch.autograd.grad(loss.sum(), [inputs[name] for name in GRAD_NAMES])))
+
+
 # --------------------------------------------------------------------------- autograd & compile
 
 
