@@ -14,15 +14,9 @@
 #include <limits>
 #include <vector>
 
-#if defined(__x86_64__) && defined(__GNUC__)
-#include <immintrin.h>
-#define FASTOPS_HAS_AVX2 1
-#else
-#define FASTOPS_HAS_AVX2 0
-#endif
-
 #include "common/mlecc_args.h"
 #include "common/mlecc_math.h"
+#include "cpu/cephes_exp.h"
 #include "ops/mlecc_loss.h"
 
 namespace fastops {
@@ -36,32 +30,13 @@ constexpr int64_t kInstancesPerTask = 4;
 // Float rows take these paths when the CPU has AVX2 and FMA (checked at run time, so a baseline
 // FASTOPS_CPU_ARCH=x86-64 build keeps them too). Double rows (gradcheck) stay scalar.
 #if FASTOPS_HAS_AVX2
-#define FASTOPS_AVX2 __attribute__((target("avx2,fma")))
 
 bool cpu_has_avx2_fma() {
   static const bool supported = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
   return supported;
 }
 
-// exp(x) for x <= 88, Cephes single-precision polynomial (about 1 ulp): exp(x) = 2^n exp(r),
-// n = round(x / ln 2), r = x - n ln 2. Inputs below -87.3 return 2^-126 instead of 0: callers
-// sum them next to a term of order 1 (negligible) or mask them out.
-FASTOPS_AVX2 inline __m256 exp256(__m256 x) {
-  x = _mm256_max_ps(_mm256_min_ps(x, _mm256_set1_ps(88.3762626647949f)), _mm256_set1_ps(-87.3365478515625f));
-  const __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
-                                   _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
-  r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
-  __m256 y = _mm256_set1_ps(1.9875691500e-4f);
-  y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(1.3981999507e-3f));
-  y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(8.3334519073e-3f));
-  y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(4.1665795894e-2f));
-  y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(1.6666665459e-1f));
-  y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(5.0000001201e-1f));
-  y = _mm256_fmadd_ps(y, _mm256_mul_ps(r, r), _mm256_add_ps(r, _mm256_set1_ps(1.0f)));
-  const __m256i pow2n = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
-  return _mm256_mul_ps(y, _mm256_castsi256_ps(pow2n));
-}
+using cephes::exp256;
 
 FASTOPS_AVX2 inline float hsum256(__m256 v) {
   __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));

@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "common/clamp_math.h"
+#include "cpu/cephes_exp.h"
 #include "ops/safe_cross_entropy.h"
 
 namespace fastops {
@@ -19,26 +20,7 @@ namespace {
 
 constexpr int64_t kRowGrain = 64;
 
-// exp(x) = 2^n · e^r with n = round(x / ln 2) and r = x − n·ln 2 split in two constants (Cody–Waite),
-// e^r from Cephes' degree-6 minimax polynomial (≤ 1 ulp on |r| ≤ ln2/2). Branch-free and call-free
-// (rounding by adding 1.5·2^23) so that the row loops vectorise; inputs here are ≤ 0 (x − max),
-// clipped at −87 where e^x ≈ 1.6e-38.
-inline float vec_exp(float x) {
-  constexpr float kRound = 12582912.f;  // 1.5 · 2^23
-  x = x < -87.f ? -87.f : x;
-  const float n = (x * 1.44269504088896341f + kRound) - kRound;
-  float r = x - n * 0.693359375f;
-  r = r - n * -2.12194440e-4f;
-  float p = 1.9875691500e-4f;
-  p = p * r + 1.3981999507e-3f;
-  p = p * r + 8.3334519073e-3f;
-  p = p * r + 4.1665795894e-2f;
-  p = p * r + 1.6666665459e-1f;
-  p = p * r + 5.0000001201e-1f;
-  const float e_r = p * r * r + r + 1.f;
-  const int32_t bits = (static_cast<int32_t>(n) + 127) << 23;
-  return e_r * __builtin_bit_cast(float, bits);
-}
+inline float vec_exp(float x) { return cephes::exp(x); }
 inline double vec_exp(double x) { return std::exp(x); }
 
 struct RowStats {

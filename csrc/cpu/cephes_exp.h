@@ -1,0 +1,65 @@
+// The CPU kernels' single-precision exp, in two forms of one polynomial: a scalar form that
+// compilers vectorise inside loops (cross-entropy rows), and an 8-lane AVX2 + FMA form for kernels
+// that dispatch on the CPU at run time (MLECC rows).
+//
+// exp(x) = 2^n e^r with n = round(x / ln 2), r = x - n ln 2 (ln 2 split in two constants,
+// Cody-Waite), e^r from Cephes' degree-6 minimax polynomial (about 1 ulp on |r| <= ln2 / 2).
+// Arguments are clipped to [kMinArg, kMaxArg]: below, the result is 2^-126, the smallest normal
+// float, which callers sum next to a term of order 1 or mask out.
+#pragma once
+
+#include <cstdint>
+
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <immintrin.h>
+#define FASTOPS_HAS_AVX2 1
+#define FASTOPS_AVX2 __attribute__((target("avx2,fma")))
+#else
+#define FASTOPS_HAS_AVX2 0
+#endif
+
+namespace fastops {
+namespace cephes {
+
+constexpr float kMaxArg = 88.3762626647949f;
+constexpr float kMinArg = -87.3365478515625f;  // log(2^-126)
+constexpr float kLog2e = 1.44269504088896341f;
+constexpr float kLn2Hi = 0.693359375f;
+constexpr float kLn2Lo = -2.12194440e-4f;
+constexpr float kPoly[] = {1.9875691500e-4f, 1.3981999507e-3f, 8.3334519073e-3f,
+                           4.1665795894e-2f, 1.6666665459e-1f, 5.0000001201e-1f};
+
+// Branch-free and call-free, so that a loop over it vectorises: n is rounded by adding and
+// subtracting 1.5 * 2^23.
+inline float exp(float x) {
+  constexpr float kRound = 12582912.f;
+  x = x < kMinArg ? kMinArg : (x > kMaxArg ? kMaxArg : x);
+  const float n = (x * kLog2e + kRound) - kRound;
+  const float r = (x - n * kLn2Hi) - n * kLn2Lo;
+  float p = kPoly[0];
+  p = p * r + kPoly[1];
+  p = p * r + kPoly[2];
+  p = p * r + kPoly[3];
+  p = p * r + kPoly[4];
+  p = p * r + kPoly[5];
+  const float e_r = p * r * r + r + 1.f;
+  const int32_t bits = (static_cast<int32_t>(n) + 127) << 23;
+  return e_r * __builtin_bit_cast(float, bits);
+}
+
+#if FASTOPS_HAS_AVX2
+FASTOPS_AVX2 inline __m256 exp256(__m256 x) {
+  x = _mm256_max_ps(_mm256_min_ps(x, _mm256_set1_ps(kMaxArg)), _mm256_set1_ps(kMinArg));
+  const __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(kLog2e)), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(kLn2Hi), x);
+  r = _mm256_fnmadd_ps(n, _mm256_set1_ps(kLn2Lo), r);
+  __m256 p = _mm256_set1_ps(kPoly[0]);
+  for (int i = 1; i < 6; ++i) p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(kPoly[i]));
+  p = _mm256_fmadd_ps(p, _mm256_mul_ps(r, r), _mm256_add_ps(r, _mm256_set1_ps(1.0f)));
+  const __m256i pow2n = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+  return _mm256_mul_ps(p, _mm256_castsi256_ps(pow2n));
+}
+#endif
+
+}  // namespace cephes
+}  // namespace fastops
