@@ -114,20 +114,28 @@ FASTOPS_HD void prepare_gt(const ImageData& img, const Params& prm, int64_t g) {
   img.gt_center[2 * g + 1] = cy;
 }
 
-// Stock strict inequalities: prior centre strictly inside the gt box.
-FASTOPS_HD bool in_box(const ImageData& img, int64_t p, int64_t g) {
-  const float* pr = img.priors + p * 4;
-  const float* box = img.gt_boxes + g * 4;
-  return sub_rn(pr[0], box[0]) > 0 && sub_rn(pr[1], box[1]) > 0 && sub_rn(box[2], pr[0]) > 0 && sub_rn(box[3], pr[1]) > 0;
+// Stock strict inequalities: prior centre (x, y) strictly inside the gt box. Branch-free (& on
+// the comparisons), so that loops over priors vectorise.
+FASTOPS_HD bool centre_in_box(float x, float y, const float* box) {
+  return (sub_rn(x, box[0]) > 0) & (sub_rn(y, box[1]) > 0) & (sub_rn(box[2], x) > 0) & (sub_rn(box[3], y) > 0);
 }
 
-// Prior centre strictly inside the square of half-size center_radius * stride around the gt centre.
+// Prior centre (x, y) strictly inside the square of half-size (rx, ry) = center_radius * stride
+// around the gt centre (cx, cy).
+FASTOPS_HD bool centre_in_region(float x, float y, float rx, float ry, float cx, float cy) {
+  return (sub_rn(x, sub_rn(cx, rx)) > 0) & (sub_rn(y, sub_rn(cy, ry)) > 0) & (sub_rn(add_rn(cx, rx), x) > 0) &
+         (sub_rn(add_rn(cy, ry), y) > 0);
+}
+
+FASTOPS_HD bool in_box(const ImageData& img, int64_t p, int64_t g) {
+  const float* pr = img.priors + p * 4;
+  return centre_in_box(pr[0], pr[1], img.gt_boxes + g * 4);
+}
+
 FASTOPS_HD bool in_center(const ImageData& img, const Params& prm, int64_t p, int64_t g) {
   const float* pr = img.priors + p * 4;
-  float cx = img.gt_center[2 * g], cy = img.gt_center[2 * g + 1];
-  float rx = mul_rn(prm.center_radius, pr[2]), ry = mul_rn(prm.center_radius, pr[3]);
-  return sub_rn(pr[0], sub_rn(cx, rx)) > 0 && sub_rn(pr[1], sub_rn(cy, ry)) > 0 && sub_rn(add_rn(cx, rx), pr[0]) > 0 &&
-         sub_rn(add_rn(cy, ry), pr[1]) > 0;
+  return centre_in_region(pr[0], pr[1], mul_rn(prm.center_radius, pr[2]), mul_rn(prm.center_radius, pr[3]),
+                          img.gt_center[2 * g], img.gt_center[2 * g + 1]);
 }
 
 // bbox_overlaps(mode='iou'): overlap / max(area1 + area2 - overlap, 1e-6).

@@ -96,15 +96,53 @@ Box keypoint_box(const ImageData& img, const Params& prm, int64_t p) {
   return box;
 }
 
-// Squared gap between the predicted keypoint box and the visible gt keypoint box, scaled by
-// 1 / (sqrt(area) * 2 max sigma): every keypoint term of OKS(p, g) is at most w_k * exp(-gap_sq / 2).
-double scaled_gap_sq(const Box& pred, const GtKeypointExtent& gt) {
-  const double gap_x = std::max({0.0, static_cast<double>(gt.visible.x1) - pred.x2,
-                                 static_cast<double>(pred.x1) - gt.visible.x2});
-  const double gap_y = std::max({0.0, static_cast<double>(gt.visible.y1) - pred.y2,
-                                 static_cast<double>(pred.y1) - gt.visible.y2});
-  return (gap_x * gap_x + gap_y * gap_y) * gt.inv_scale * gt.inv_scale;
-}
+// The valid priors of one image as structure-of-arrays, so that the per-gt scans over them vectorise.
+struct ValidPriors {
+  std::vector<int64_t> index;                // prior index p
+  std::vector<float> x, y, radius_x, radius_y;  // centre, and center_radius * stride
+  std::vector<float> kpt_x1, kpt_y1, kpt_x2, kpt_y2;  // box of the predicted keypoints (pose only)
+
+  int64_t size() const { return static_cast<int64_t>(index.size()); }
+
+  void add(const ImageData& img, const Params& prm, int64_t p) {
+    const float* prior = img.priors + p * 4;
+    index.push_back(p);
+    x.push_back(prior[0]);
+    y.push_back(prior[1]);
+    radius_x.push_back(mul_rn(prm.center_radius, prior[2]));
+    radius_y.push_back(mul_rn(prm.center_radius, prior[3]));
+    if (!prm.pose) return;
+    const Box box = keypoint_box(img, prm, p);
+    kpt_x1.push_back(box.x1);
+    kpt_y1.push_back(box.y1);
+    kpt_x2.push_back(box.x2);
+    kpt_y2.push_back(box.y2);
+  }
+
+  // in_box && in_center of gt g, per valid prior.
+  void mark_inside(const ImageData& img, int64_t g, uint8_t* inside) const {
+    const float box[4] = {img.gt_boxes[g * 4], img.gt_boxes[g * 4 + 1], img.gt_boxes[g * 4 + 2], img.gt_boxes[g * 4 + 3]};
+    const float cx = img.gt_center[2 * g], cy = img.gt_center[2 * g + 1];
+    const float *px = x.data(), *py = y.data(), *rx = radius_x.data(), *ry = radius_y.data();
+    const int64_t n = size();  // locals: stores through the uint8_t pointer may alias the vectors
+    for (int64_t v = 0; v < n; ++v) {
+      inside[v] = simota::centre_in_box(px[v], py[v], box) &
+                  simota::centre_in_region(px[v], py[v], rx[v], ry[v], cx, cy);
+    }
+  }
+
+  // Squared gap between each predicted keypoint box and the visible gt keypoint box, scaled by
+  // 1 / (sqrt(area) * 2 max sigma): every keypoint term of OKS(p, g) is at most w_k * exp(-gap_sq / 2).
+  void scaled_gap_sq(const GtKeypointExtent& gt, double* gap_sq) const {
+    const double gx1 = gt.visible.x1, gy1 = gt.visible.y1, gx2 = gt.visible.x2, gy2 = gt.visible.y2;
+    const double scale_sq = gt.inv_scale * gt.inv_scale;
+    for (int64_t v = 0; v < size(); ++v) {
+      const double gap_x = std::max(std::max(0.0, gx1 - kpt_x2[v]), kpt_x1[v] - gx2);
+      const double gap_y = std::max(std::max(0.0, gy1 - kpt_y2[v]), kpt_y1[v] - gy2);
+      gap_sq[v] = (gap_x * gap_x + gap_y * gap_y) * scale_sq;
+    }
+  }
+};
 
 // OKS <= weight_sum * exp(-gap_sq / 2) < threshold when gap_sq exceeds this; the 1.001 margin covers
 // the float32 rounding of the exact OKS. No pruning (infinity) while the threshold is not positive.
@@ -125,29 +163,37 @@ struct GtScan {
 constexpr float kIouUpperBound = 1.0001f;  // union >= overlap, so IoU <= 1 up to rounding
 constexpr float kOksUpperBound = 1.0001f;  // OKS weights sum to 1 and each exp(.) <= 1
 
-GtScan scan_gt(const ImageData& img, const Params& prm, const std::vector<int64_t>& valid, int64_t g,
-               const Box* pred_kpt_box, const GtKeypointExtent& extent) {
-  const int64_t num_valid = static_cast<int64_t>(valid.size());
+GtScan scan_gt(const ImageData& img, const Params& prm, const ValidPriors& valid, int64_t g,
+               const GtKeypointExtent& extent) {
+  const int64_t num_valid = valid.size();
   const bool outside_exact = !prm.oks_indicator && !prm.need_oks();
   GtScan scan{std::vector<PairSim>(num_valid), std::vector<uint8_t>(num_valid), 0};
+  std::vector<uint8_t> inside(num_valid);
+  valid.mark_inside(img, g, inside.data());
   SmallestK largest(std::min(prm.candidate_topk, num_valid));  // negated indicators
   for (int64_t v = 0; v < num_valid; ++v) {
-    const int64_t p = valid[v];
+    const int64_t p = valid.index[v];
     PairSim& s = scan.sims[v];
-    s.in_box_and_center = simota::in_box(img, p, g) && simota::in_center(img, prm, p, g);
+    s.in_box_and_center = inside[v];
     scan.exact[v] = s.in_box_and_center || outside_exact;
     s.iou = s.in_box_and_center || !prm.oks_indicator ? simota::pair_iou(img, p, g) : kIouUpperBound;
     s.oks = !prm.need_oks() ? 0.f : s.in_box_and_center ? simota::pair_oks(img, prm, p, g) : kOksUpperBound;
     if (!prm.oks_indicator) largest.push(-s.iou, v);
     if (prm.oks_indicator && s.in_box_and_center) largest.push(-s.oks, v);
   }
+  if (!prm.oks_indicator) {
+    scan.k = dynamic_k(largest, num_valid);
+    return scan;
+  }
   // OKS of the other priors: only those that may still enter the candidate_topk largest
+  std::vector<double> gap_sq(num_valid);
+  valid.scaled_gap_sq(extent, gap_sq.data());
   const int64_t topk = largest.capacity();
   double max_gap_sq = largest.size() < topk ? INFINITY : prune_gap_sq(-largest.key(topk - 1), extent);
-  for (int64_t v = 0; prm.oks_indicator && v < num_valid; ++v) {
+  for (int64_t v = 0; v < num_valid; ++v) {
     PairSim& s = scan.sims[v];
-    if (s.in_box_and_center || scaled_gap_sq(pred_kpt_box[valid[v]], extent) > max_gap_sq) continue;
-    s.oks = simota::pair_oks(img, prm, valid[v], g);
+    if (s.in_box_and_center || gap_sq[v] > max_gap_sq) continue;
+    s.oks = simota::pair_oks(img, prm, valid.index[v], g);
     largest.push(-s.oks, v);
     if (largest.size() == topk) max_gap_sq = prune_gap_sq(-largest.key(topk - 1), extent);
   }
@@ -174,22 +220,22 @@ float outside_cost_bound(const std::vector<PairSim>& sims, const Params& prm) {
 }
 
 // The dynamic_k lowest-cost valid priors of gt g (positions in `valid`), lowest index on ties.
-std::vector<int64_t> select_for_gt(const ImageData& img, const Params& prm, const std::vector<int64_t>& valid,
-                                   int64_t g, const Box* pred_kpt_box, const GtKeypointExtent& extent) {
-  const int64_t num_valid = static_cast<int64_t>(valid.size());
-  GtScan scan = scan_gt(img, prm, valid, g, pred_kpt_box, extent);
+std::vector<int64_t> select_for_gt(const ImageData& img, const Params& prm, const ValidPriors& valid, int64_t g,
+                                   const GtKeypointExtent& extent) {
+  const int64_t num_valid = valid.size();
+  GtScan scan = scan_gt(img, prm, valid, g, extent);
   const int64_t k = scan.k;
 
   // Fast path: the k cheapest priors inside the box-and-center region cost less than any other.
   SmallestK inside(k);
   for (int64_t v = 0; v < num_valid; ++v) {
-    if (scan.sims[v].in_box_and_center) inside.push(simota::pair_cost(img, prm, valid[v], g, scan.sims[v]), v);
+    if (scan.sims[v].in_box_and_center) inside.push(simota::pair_cost(img, prm, valid.index[v], g, scan.sims[v]), v);
   }
   const bool inside_suffices = inside.size() == k && inside.key(k - 1) < outside_cost_bound(scan.sims, prm);
   SmallestK all(inside_suffices ? 0 : k);
   for (int64_t v = 0; !inside_suffices && v < num_valid; ++v) {
-    if (!scan.exact[v]) scan.sims[v] = simota::pair_similarity(img, prm, valid[v], g);
-    all.push(simota::pair_cost(img, prm, valid[v], g, scan.sims[v]), v);
+    if (!scan.exact[v]) scan.sims[v] = simota::pair_similarity(img, prm, valid.index[v], g);
+    all.push(simota::pair_cost(img, prm, valid.index[v], g, scan.sims[v]), v);
   }
   const SmallestK& chosen = inside_suffices ? inside : all;
   std::vector<int64_t> picked(k);
@@ -218,9 +264,9 @@ struct Outputs {
 };
 
 // Turns the per-gt selections of one image into its assignment row.
-void resolve_image(const ImageData& img, const Params& prm, const std::vector<int64_t>& valid,
+void resolve_image(const ImageData& img, const Params& prm, const ValidPriors& valid,
                    const std::vector<int64_t>* picked, Outputs out) {
-  const int64_t num_valid = static_cast<int64_t>(valid.size());
+  const int64_t num_valid = valid.size();
   std::vector<int32_t> times_picked(num_valid, 0);
   std::vector<int64_t> picked_by(num_valid, 0);
   for (int64_t g = 0; g < img.num_gt; ++g) {
@@ -231,7 +277,7 @@ void resolve_image(const ImageData& img, const Params& prm, const std::vector<in
   }
   for (int64_t v = 0; v < num_valid; ++v) {
     if (times_picked[v] == 0) continue;
-    const int64_t p = valid[v];
+    const int64_t p = valid.index[v];
     const int64_t g = times_picked[v] > 1 ? cheapest_gt(img, prm, p) : picked_by[v];
     out.gt_inds[p] = g + 1;
     out.labels[p] = img.gt_labels[g];
@@ -277,31 +323,29 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> simota_assign_cpu(
   });
 
   std::vector<uint8_t> is_valid(B * P);
-  std::vector<Box> pred_kpt_box(prm.pose ? B * P : 0);
   at::parallel_for(0, B * P, 256, [&](int64_t begin, int64_t end) {
     for (int64_t i = begin; i < end; ++i) {
       const ImageData img = image(i / P);
       is_valid[i] = simota::prior_is_valid(img, prm, i % P);
-      if (!is_valid[i]) continue;
-      img.cls_neg_sum[i % P] = simota::class_neg_sum(img, prm, i % P);
-      if (prm.pose) pred_kpt_box[i] = keypoint_box(img, prm, i % P);
+      if (is_valid[i]) img.cls_neg_sum[i % P] = simota::class_neg_sum(img, prm, i % P);
     }
   });
 
-  std::vector<std::vector<int64_t>> valid(B);
-  for (int64_t b = 0; b < B; ++b) {
-    for (int64_t p = 0; p < P; ++p) {
-      if (is_valid[b * P + p]) valid[b].push_back(p);
+  std::vector<ValidPriors> valid(B);
+  at::parallel_for(0, B, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t b = begin; b < end; ++b) {
+      for (int64_t p = 0; p < P; ++p) {
+        if (is_valid[b * P + p]) valid[b].add(image(b), prm, p);
+      }
     }
-  }
+  });
 
   std::vector<std::vector<int64_t>> picked(B * G);
   at::parallel_for(0, B * G, 1, [&](int64_t begin, int64_t end) {
     for (int64_t i = begin; i < end; ++i) {
       const int64_t b = i / G, g = i % G;
-      if (g < batch.num_gts[b] && !valid[b].empty()) {
-        picked[i] = select_for_gt(image(b), prm, valid[b], g, prm.pose ? pred_kpt_box.data() + b * P : nullptr,
-                                  prm.pose ? extents[i] : GtKeypointExtent{});
+      if (g < batch.num_gts[b] && valid[b].size() > 0) {
+        picked[i] = select_for_gt(image(b), prm, valid[b], g, prm.pose ? extents[i] : GtKeypointExtent{});
       }
     }
   });
@@ -310,7 +354,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> simota_assign_cpu(
     for (int64_t b = begin; b < end; ++b) {
       Outputs out{gt_inds.data_ptr<int64_t>() + b * P, overlaps.data_ptr<float>() + b * P,
                   labels.data_ptr<int64_t>() + b * P};
-      if (batch.num_gts[b] == 0 || valid[b].empty()) {
+      if (batch.num_gts[b] == 0 || valid[b].size() == 0) {
         std::fill(out.overlaps, out.overlaps + P, 0.f);  // stock: zeros when nothing can be assigned
         continue;
       }
