@@ -10,13 +10,7 @@
 
 #include <cstdint>
 
-#if defined(__x86_64__) && defined(__GNUC__)
-#include <immintrin.h>
-#define FASTOPS_HAS_AVX2 1
-#define FASTOPS_AVX2 __attribute__((target("avx2,fma")))
-#else
-#define FASTOPS_HAS_AVX2 0
-#endif
+#include "cpu/isa.h"
 
 namespace fastops {
 namespace cephes {
@@ -31,7 +25,7 @@ constexpr float kPoly[] = {1.9875691500e-4f, 1.3981999507e-3f, 8.3334519073e-3f,
 
 // Branch-free and call-free, so that a loop over it vectorises: n is rounded by adding and
 // subtracting 1.5 * 2^23.
-inline float exp(float x) {
+FASTOPS_ROW_INLINE float exp(float x) {
   constexpr float kRound = 12582912.f;
   x = x < kMinArg ? kMinArg : (x > kMaxArg ? kMaxArg : x);
   const float n = (x * kLog2e + kRound) - kRound;

@@ -30,12 +30,6 @@ constexpr int64_t kInstancesPerTask = 4;
 // Float rows take these paths when the CPU has AVX2 and FMA (checked at run time, so a baseline
 // FASTOPS_CPU_ARCH=x86-64 build keeps them too). Double rows (gradcheck) stay scalar.
 #if FASTOPS_HAS_AVX2
-
-bool cpu_has_avx2_fma() {
-  static const bool supported = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-  return supported;
-}
-
 using cephes::exp256;
 
 FASTOPS_AVX2 inline float hsum256(__m256 v) {
@@ -57,8 +51,6 @@ FASTOPS_AVX2 inline __m256i lane_mask(int64_t i, int64_t count) {
   const __m256i lanes = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
   return _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(std::min<int64_t>(count - i, 8))), lanes);
 }
-#else
-bool cpu_has_avx2_fma() { return false; }
 #endif  // FASTOPS_HAS_AVX2
 
 // ---------------------------------------------------------------- from probabilities

@@ -13,6 +13,7 @@
 
 #include "common/clamp_math.h"
 #include "cpu/cephes_exp.h"
+#include "cpu/isa.h"
 #include "ops/safe_cross_entropy.h"
 
 namespace fastops {
@@ -20,8 +21,8 @@ namespace {
 
 constexpr int64_t kRowGrain = 64;
 
-inline float vec_exp(float x) { return cephes::exp(x); }
-inline double vec_exp(double x) { return std::exp(x); }
+FASTOPS_ROW_INLINE float vec_exp(float x) { return cephes::exp(x); }
+FASTOPS_ROW_INLINE double vec_exp(double x) { return std::exp(x); }
 
 struct RowStats {
   int64_t clamped = 0;
@@ -37,20 +38,20 @@ struct RowStats {
 // scalar c10::Half conversion does not vectorise); the other types are plain loops the compiler
 // vectorises. All arithmetic then runs on L1-resident acc_t rows.
 template <typename scalar_t, typename acc_t>
-void load_row(const scalar_t* src, int64_t C, acc_t* dst) {
+FASTOPS_ROW_INLINE void load_row(const scalar_t* src, int64_t C, acc_t* dst) {
 #pragma omp simd
   for (int64_t j = 0; j < C; ++j) dst[j] = static_cast<acc_t>(src[j]);
 }
 
 template <typename scalar_t, typename acc_t>
-void store_row(const acc_t* src, int64_t C, scalar_t* dst) {
+FASTOPS_ROW_INLINE void store_row(const acc_t* src, int64_t C, scalar_t* dst) {
 #pragma omp simd
   for (int64_t j = 0; j < C; ++j) dst[j] = static_cast<scalar_t>(src[j]);
 }
 
 #ifdef __F16C__
 template <>
-void load_row(const at::Half* src, int64_t C, float* dst) {
+FASTOPS_ROW_INLINE void load_row(const at::Half* src, int64_t C, float* dst) {
   int64_t j = 0;
   for (; j + 8 <= C; j += 8)
     _mm256_storeu_ps(dst + j, _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(src + j))));
@@ -58,7 +59,7 @@ void load_row(const at::Half* src, int64_t C, float* dst) {
 }
 
 template <>
-void store_row(const float* src, int64_t C, at::Half* dst) {
+FASTOPS_ROW_INLINE void store_row(const float* src, int64_t C, at::Half* dst) {
   int64_t j = 0;
   for (; j + 8 <= C; j += 8)
     _mm_storeu_si128(reinterpret_cast<__m128i*>(dst + j),
@@ -69,7 +70,7 @@ void store_row(const float* src, int64_t C, at::Half* dst) {
 
 // Clamps a row in place and returns its max (NaN ignored), adding to the counts.
 template <typename acc_t>
-acc_t clamp_row(acc_t* x, int64_t C, acc_t bound, RowStats& stats) {
+FASTOPS_ROW_INLINE acc_t clamp_row(acc_t* x, int64_t C, acc_t bound, RowStats& stats) {
   acc_t row_max = -bound;
   int64_t clamped = 0, nan = 0;
 #pragma omp simd reduction(max : row_max) reduction(+ : clamped, nan)
@@ -87,7 +88,7 @@ acc_t clamp_row(acc_t* x, int64_t C, acc_t bound, RowStats& stats) {
 }
 
 template <typename acc_t>
-acc_t sum_exp_shifted(const acc_t* x, int64_t C, acc_t shift) {
+FASTOPS_ROW_INLINE acc_t sum_exp_shifted(const acc_t* x, int64_t C, acc_t shift) {
   acc_t sum = 0;
 #pragma omp simd reduction(+ : sum)
   for (int64_t j = 0; j < C; ++j) sum += vec_exp(x[j] - shift);
@@ -97,13 +98,60 @@ acc_t sum_exp_shifted(const acc_t* x, int64_t C, acc_t shift) {
 // In place on the converted row: dx_j = scale · (exp(clamp(x_j) − lse) − [j = label]), masked like
 // torch.clamp's gradient unless straight-through.
 template <typename acc_t>
-void softmax_row_grad(acc_t* x, int64_t C, int64_t label, acc_t scale, acc_t lse, acc_t bound,
+FASTOPS_ROW_INLINE void softmax_row_grad(acc_t* x, int64_t C, int64_t label, acc_t scale, acc_t lse, acc_t bound,
                       bool straight_through) {
 #pragma omp simd
   for (int64_t j = 0; j < C; ++j) {
     const acc_t v = x[j];
     const acc_t d = scale * (vec_exp(clamp_keep_nan(v, bound) - lse) - acc_t(j == label));
     x[j] = (straight_through | inside_clamp(v, bound)) ? d : acc_t(0);
+  }
+}
+
+// The inputs of the softmax variant's row loops.
+template <typename scalar_t, typename acc_t>
+struct SoftmaxRows {
+  const scalar_t* logits;  // [N, C]
+  const int64_t* labels;   // [N]
+  const acc_t* weight;     // [C] or null
+  int64_t C, ignore_index;
+  acc_t bound;
+
+  acc_t weight_of(int64_t label) const { return weight ? weight[label] : acc_t(1); }
+};
+
+// Forward of rows [begin, end): lse and weighted loss per row; returns the clamp counts.
+template <typename scalar_t, typename acc_t>
+FASTOPS_CPU_CLONES RowStats softmax_forward_rows(const SoftmaxRows<scalar_t, acc_t>& in, int64_t begin, int64_t end,
+                                                 acc_t* loss_out, acc_t* lse_out) {
+  const int64_t C = in.C;
+  std::vector<acc_t> row(C);
+  RowStats stats;
+  for (int64_t i = begin; i < end; ++i) {
+    load_row(in.logits + i * C, C, row.data());
+    const acc_t row_max = clamp_row(row.data(), C, in.bound, stats);
+    const acc_t row_lse = row_max + std::log(sum_exp_shifted(row.data(), C, row_max));
+    lse_out[i] = row_lse;
+    const int64_t label = in.labels[i];
+    loss_out[i] = label == in.ignore_index ? acc_t(0) : in.weight_of(label) * (row_lse - row[label]);
+  }
+  return stats;
+}
+
+// Backward of rows [begin, end): d/dx_j [w_y (lse − x_y)] = w_y (softmax_j − [j = y]), zero where
+// the row is ignored.
+template <typename scalar_t, typename acc_t>
+FASTOPS_CPU_CLONES void softmax_backward_rows(const SoftmaxRows<scalar_t, acc_t>& in, const acc_t* grad_loss,
+                                              const acc_t* lse, bool straight_through, int64_t begin, int64_t end,
+                                              scalar_t* grad_logits) {
+  const int64_t C = in.C;
+  std::vector<acc_t> row(C);
+  for (int64_t i = begin; i < end; ++i) {
+    const int64_t label = in.labels[i];
+    const acc_t scale = label == in.ignore_index ? acc_t(0) : grad_loss[i] * in.weight_of(label);
+    load_row(in.logits + i * C, C, row.data());
+    softmax_row_grad(row.data(), C, label, scale, lse[i], in.bound, straight_through);
+    store_row(row.data(), C, grad_logits + i * C);
   }
 }
 
@@ -143,24 +191,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> safe_cross_entropy_cpu(
     const auto weight = class_weight_in.has_value()
                             ? std::optional<at::Tensor>(class_weight_in->to(loss.scalar_type()).contiguous())
                             : std::nullopt;
-    const acc_t* w = weight ? weight->data_ptr<acc_t>() : nullptr;
-    const scalar_t* x = logits.data_ptr<scalar_t>();
-    const int64_t* y = labels.data_ptr<int64_t>();
+    const SoftmaxRows<scalar_t, acc_t> in{logits.data_ptr<scalar_t>(), labels.data_ptr<int64_t>(),
+                                          weight ? weight->data_ptr<acc_t>() : nullptr, C, ignore_index,
+                                          static_cast<acc_t>(clamp)};
     acc_t* loss_out = loss.data_ptr<acc_t>();
     acc_t* lse_out = lse.data_ptr<acc_t>();
-    const acc_t bound = static_cast<acc_t>(clamp);
     at::parallel_for(0, N, kRowGrain, [&](int64_t begin, int64_t end) {
-      std::vector<acc_t> row(C);
-      RowStats stats;  // local: per-thread slots share a cache line
-      for (int64_t i = begin; i < end; ++i) {
-        load_row(x + i * C, C, row.data());
-        const acc_t row_max = clamp_row(row.data(), C, bound, stats);
-        const acc_t row_lse = row_max + std::log(sum_exp_shifted(row.data(), C, row_max));
-        lse_out[i] = row_lse;
-        const int64_t label = y[i];
-        loss_out[i] = label == ignore_index ? acc_t(0) : (w ? w[label] : acc_t(1)) * (row_lse - row[label]);
-      }
-      per_thread[at::get_thread_num()].add(stats);
+      per_thread[at::get_thread_num()].add(softmax_forward_rows(in, begin, end, loss_out, lse_out));
     });
   });
   return {loss, lse, stats_tensor(per_thread)};
@@ -185,23 +222,14 @@ at::Tensor safe_cross_entropy_backward_cpu(const at::Tensor& grad_loss, const at
     const auto weight = class_weight_in.has_value()
                             ? std::optional<at::Tensor>(class_weight_in->to(acc_dtype).contiguous())
                             : std::nullopt;
-    const acc_t* w = weight ? weight->data_ptr<acc_t>() : nullptr;
-    const scalar_t* x = logits.data_ptr<scalar_t>();
-    const int64_t* y = labels.data_ptr<int64_t>();
+    const SoftmaxRows<scalar_t, acc_t> in{logits.data_ptr<scalar_t>(), labels.data_ptr<int64_t>(),
+                                          weight ? weight->data_ptr<acc_t>() : nullptr, C, ignore_index,
+                                          static_cast<acc_t>(clamp)};
     const acc_t* g = grad.data_ptr<acc_t>();
     const acc_t* row_lse = lse.data_ptr<acc_t>();
     scalar_t* dx = grad_logits.data_ptr<scalar_t>();
-    const acc_t bound = static_cast<acc_t>(clamp);
     at::parallel_for(0, N, kRowGrain, [&](int64_t begin, int64_t end) {
-      std::vector<acc_t> row(C);
-      for (int64_t i = begin; i < end; ++i) {
-        const int64_t label = y[i];
-        // d/dx_j [w_y (lse − x_y)] = w_y (softmax_j − [j = y]), zero where the row is ignored.
-        const acc_t scale = label == ignore_index ? acc_t(0) : g[i] * (w ? w[label] : acc_t(1));
-        load_row(x + i * C, C, row.data());
-        softmax_row_grad(row.data(), C, label, scale, row_lse[i], bound, straight_through);
-        store_row(row.data(), C, dx + i * C);
-      }
+      softmax_backward_rows(in, g, row_lse, straight_through, begin, end, dx);
     });
   });
   return grad_logits;
