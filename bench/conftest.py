@@ -48,6 +48,7 @@ def peak_memory_mib(fn, device: torch.device) -> float:
         torch.cuda.synchronize()
         return (torch.cuda.max_memory_allocated() - base) / 2**20
     _malloc_thresholds(MEMORY_MMAP_THRESHOLD)
+    _LIBC.malloc_trim(0)  # free heap pages back to the OS, so that reusing them shows in the RSS
     with open("/proc/self/clear_refs", "w") as clear_refs:
         clear_refs.write("5")
     base = _vm_rss_kib()
