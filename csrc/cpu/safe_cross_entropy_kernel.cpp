@@ -68,10 +68,21 @@ FASTOPS_ROW_INLINE void store_row(const float* src, int64_t C, at::Half* dst) {
 }
 #endif
 
-// Clamps a row in place and returns its max (NaN ignored), adding to the counts.
+// Clamps a row in place and returns its max (NaN ignored), adding to the counts. Most rows need no
+// clamp: one read-only pass (max, min, and a sum of x * 0, NaN when any x is NaN or infinite)
+// proves that, and only other rows pay for the counting and the writes.
 template <typename acc_t>
 FASTOPS_ROW_INLINE acc_t clamp_row(acc_t* x, int64_t C, acc_t bound, RowStats& stats) {
-  acc_t row_max = -bound;
+  acc_t row_max = -bound, row_min = bound, nonfinite = 0;
+#pragma omp simd reduction(max : row_max) reduction(min : row_min) reduction(+ : nonfinite)
+  for (int64_t j = 0; j < C; ++j) {
+    const acc_t v = x[j];
+    row_max = v > row_max ? v : row_max;
+    row_min = v < row_min ? v : row_min;
+    nonfinite += v * acc_t(0);
+  }
+  if (nonfinite == acc_t(0) && row_max <= bound && row_min >= -bound) return row_max;
+  row_max = -bound;
   int64_t clamped = 0, nan = 0;
 #pragma omp simd reduction(max : row_max) reduction(+ : clamped, nan)
   for (int64_t j = 0; j < C; ++j) {

@@ -98,8 +98,8 @@ Box keypoint_box(const ImageData& img, const Params& prm, int64_t p) {
 
 // The valid priors of one image as structure-of-arrays, so that the per-gt scans over them vectorise.
 struct ValidPriors {
-  std::vector<int64_t> index;                // prior index p
-  std::vector<float> x, y, radius_x, radius_y;  // centre, and center_radius * stride
+  std::vector<int64_t> index;                         // prior index p
+  std::vector<float> x, y, radius_x, radius_y;        // centre, and center_radius * stride
   std::vector<float> kpt_x1, kpt_y1, kpt_x2, kpt_y2;  // box of the predicted keypoints (pose only)
 
   int64_t size() const { return static_cast<int64_t>(index.size()); }
@@ -121,7 +121,8 @@ struct ValidPriors {
 
   // in_box && in_center of gt g, per valid prior.
   void mark_inside(const ImageData& img, int64_t g, uint8_t* inside) const {
-    const float box[4] = {img.gt_boxes[g * 4], img.gt_boxes[g * 4 + 1], img.gt_boxes[g * 4 + 2], img.gt_boxes[g * 4 + 3]};
+    const float* gt_box = img.gt_boxes + g * 4;
+    const float box[4] = {gt_box[0], gt_box[1], gt_box[2], gt_box[3]};
     const float cx = img.gt_center[2 * g], cy = img.gt_center[2 * g + 1];
     const float *px = x.data(), *py = y.data(), *rx = radius_x.data(), *ry = radius_y.data();
     const int64_t n = size();  // locals: stores through the uint8_t pointer may alias the vectors
