@@ -1,6 +1,8 @@
 // Schemas and device-independent argument checks of the fp16-safe clamped cross-entropy ops.
 #include "ops/safe_cross_entropy.h"
 
+#include <ATen/core/dispatch/Dispatcher.h>
+#include <torch/autograd.h>
 #include <torch/library.h>
 
 namespace fastops {
@@ -93,6 +95,109 @@ TORCH_LIBRARY_FRAGMENT(fastops, m) {
   m.def(
       "safe_sigmoid_cross_entropy_backward(Tensor grad_loss, Tensor logits, Tensor targets, "
       "Tensor? pos_weight, int ignore_index, float clamp, bool straight_through) -> Tensor");
+}
+
+namespace {
+
+using torch::autograd::AutogradContext;
+using torch::autograd::variable_list;
+
+// The autograd of both ops lives here, in C++, rather than in Python (torch.library's
+// register_autograd): the losses run on small [N, C] per iteration (an RoI head: N ~ 512), where
+// a Python autograd function costs as much as the kernels.
+template <typename Signature>
+c10::TypedOperatorHandle<Signature> op_handle(const char* name) {
+  return c10::Dispatcher::singleton().findSchemaOrThrow(name, "").typed<Signature>();
+}
+
+at::Tensor saved_or_undefined(const std::optional<at::Tensor>& tensor) { return tensor.value_or(at::Tensor()); }
+
+std::optional<at::Tensor> optional_saved(const at::Tensor& tensor) {
+  return tensor.defined() ? std::optional<at::Tensor>(tensor) : std::nullopt;
+}
+
+void save_settings(AutogradContext* ctx, int64_t ignore_index, double clamp, bool straight_through) {
+  ctx->saved_data["ignore_index"] = ignore_index;
+  ctx->saved_data["clamp"] = clamp;
+  ctx->saved_data["straight_through"] = straight_through;
+}
+
+class SafeCrossEntropy : public torch::autograd::Function<SafeCrossEntropy> {
+ public:
+  static variable_list forward(AutogradContext* ctx, const at::Tensor& logits, const at::Tensor& labels,
+                               const std::optional<at::Tensor>& class_weight, int64_t ignore_index, double clamp,
+                               bool straight_through) {
+    at::AutoDispatchBelowADInplaceOrView below_autograd;
+    static const auto op = op_handle<std::tuple<at::Tensor, at::Tensor, at::Tensor>(
+        const at::Tensor&, const at::Tensor&, const std::optional<at::Tensor>&, int64_t, double, bool)>(
+        "fastops::safe_cross_entropy");
+    auto [loss, lse, stats] = op.call(logits, labels, class_weight, ignore_index, clamp, straight_through);
+    ctx->save_for_backward({logits, labels, saved_or_undefined(class_weight), lse});
+    save_settings(ctx, ignore_index, clamp, straight_through);
+    ctx->mark_non_differentiable({lse, stats});
+    return {loss, lse, stats};
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    static const auto op = op_handle<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                                                const std::optional<at::Tensor>&, const at::Tensor&, int64_t,
+                                                double, bool)>("fastops::safe_cross_entropy_backward");
+    const auto saved = ctx->get_saved_variables();
+    const at::Tensor grad_logits =
+        op.call(grads[0], saved[0], saved[1], optional_saved(saved[2]), saved[3],
+                ctx->saved_data["ignore_index"].toInt(), ctx->saved_data["clamp"].toDouble(),
+                ctx->saved_data["straight_through"].toBool());
+    return {grad_logits, at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
+  }
+};
+
+class SafeSigmoidCrossEntropy : public torch::autograd::Function<SafeSigmoidCrossEntropy> {
+ public:
+  static variable_list forward(AutogradContext* ctx, const at::Tensor& logits, const at::Tensor& targets,
+                               const std::optional<at::Tensor>& pos_weight, int64_t ignore_index, double clamp,
+                               bool straight_through) {
+    at::AutoDispatchBelowADInplaceOrView below_autograd;
+    static const auto op = op_handle<std::tuple<at::Tensor, at::Tensor>(
+        const at::Tensor&, const at::Tensor&, const std::optional<at::Tensor>&, int64_t, double, bool)>(
+        "fastops::safe_sigmoid_cross_entropy");
+    auto [loss, stats] = op.call(logits, targets, pos_weight, ignore_index, clamp, straight_through);
+    ctx->save_for_backward({logits, targets, saved_or_undefined(pos_weight)});
+    save_settings(ctx, ignore_index, clamp, straight_through);
+    ctx->mark_non_differentiable({stats});
+    return {loss, stats};
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    static const auto op = op_handle<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                                                const std::optional<at::Tensor>&, int64_t, double, bool)>(
+        "fastops::safe_sigmoid_cross_entropy_backward");
+    const auto saved = ctx->get_saved_variables();
+    const at::Tensor grad_logits =
+        op.call(grads[0], saved[0], saved[1], optional_saved(saved[2]), ctx->saved_data["ignore_index"].toInt(),
+                ctx->saved_data["clamp"].toDouble(), ctx->saved_data["straight_through"].toBool());
+    return {grad_logits, at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
+  }
+};
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> safe_cross_entropy_autograd(
+    const at::Tensor& logits, const at::Tensor& labels, const std::optional<at::Tensor>& class_weight,
+    int64_t ignore_index, double clamp, bool straight_through) {
+  auto out = SafeCrossEntropy::apply(logits, labels, class_weight, ignore_index, clamp, straight_through);
+  return {out[0], out[1], out[2]};
+}
+
+std::tuple<at::Tensor, at::Tensor> safe_sigmoid_cross_entropy_autograd(
+    const at::Tensor& logits, const at::Tensor& targets, const std::optional<at::Tensor>& pos_weight,
+    int64_t ignore_index, double clamp, bool straight_through) {
+  auto out = SafeSigmoidCrossEntropy::apply(logits, targets, pos_weight, ignore_index, clamp, straight_through);
+  return {out[0], out[1]};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(fastops, Autograd, m) {
+  m.impl("safe_cross_entropy", &safe_cross_entropy_autograd);
+  m.impl("safe_sigmoid_cross_entropy", &safe_sigmoid_cross_entropy_autograd);
 }
 
 }  // namespace fastops

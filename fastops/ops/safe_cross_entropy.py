@@ -120,30 +120,4 @@ def _(grad_loss, logits, targets, pos_weight, ignore_index, clamp, straight_thro
     return torch.empty_like(logits)
 
 
-def _setup_softmax(ctx, inputs, output):
-    logits, labels, class_weight, ctx.ignore_index, ctx.clamp, ctx.straight_through = inputs
-    ctx.save_for_backward(logits, labels, class_weight, output[1])
-
-
-def _backward_softmax(ctx, grad_loss, grad_lse, grad_stats):
-    logits, labels, class_weight, lse = ctx.saved_tensors
-    grad_logits = torch.ops.fastops.safe_cross_entropy_backward(
-        grad_loss, logits, labels, class_weight, lse, ctx.ignore_index, ctx.clamp, ctx.straight_through)
-    return grad_logits, None, None, None, None, None
-
-
-def _setup_sigmoid(ctx, inputs, output):
-    logits, targets, pos_weight, ctx.ignore_index, ctx.clamp, ctx.straight_through = inputs
-    ctx.save_for_backward(logits, targets, pos_weight)
-
-
-def _backward_sigmoid(ctx, grad_loss, grad_stats):
-    logits, targets, pos_weight = ctx.saved_tensors
-    grad_logits = torch.ops.fastops.safe_sigmoid_cross_entropy_backward(
-        grad_loss, logits, targets, pos_weight, ctx.ignore_index, ctx.clamp, ctx.straight_through)
-    return grad_logits, None, None, None, None, None
-
-
-torch.library.register_autograd("fastops::safe_cross_entropy", _backward_softmax, setup_context=_setup_softmax)
-torch.library.register_autograd("fastops::safe_sigmoid_cross_entropy", _backward_sigmoid,
-                                setup_context=_setup_sigmoid)
+# Autograd of both ops: csrc/ops/safe_cross_entropy.cpp (C++, for the per-call cost on small N).
