@@ -133,7 +133,7 @@ struct SoftmaxRows {
 
 // Forward of rows [begin, end): lse and weighted loss per row; returns the clamp counts.
 template <typename scalar_t, typename acc_t>
-FASTOPS_CPU_CLONES RowStats softmax_forward_rows(const SoftmaxRows<scalar_t, acc_t>& in, int64_t begin, int64_t end,
+FASTOPS_ROW_INLINE RowStats softmax_forward_rows(const SoftmaxRows<scalar_t, acc_t>& in, int64_t begin, int64_t end,
                                                  acc_t* loss_out, acc_t* lse_out) {
   const int64_t C = in.C;
   std::vector<acc_t> row(C);
@@ -152,7 +152,7 @@ FASTOPS_CPU_CLONES RowStats softmax_forward_rows(const SoftmaxRows<scalar_t, acc
 // Backward of rows [begin, end): d/dx_j [w_y (lse − x_y)] = w_y (softmax_j − [j = y]), zero where
 // the row is ignored.
 template <typename scalar_t, typename acc_t>
-FASTOPS_CPU_CLONES void softmax_backward_rows(const SoftmaxRows<scalar_t, acc_t>& in, const acc_t* grad_loss,
+FASTOPS_ROW_INLINE void softmax_backward_rows(const SoftmaxRows<scalar_t, acc_t>& in, const acc_t* grad_loss,
                                               const acc_t* lse, bool straight_through, int64_t begin, int64_t end,
                                               scalar_t* grad_logits) {
   const int64_t C = in.C;
@@ -164,6 +164,42 @@ FASTOPS_CPU_CLONES void softmax_backward_rows(const SoftmaxRows<scalar_t, acc_t>
     softmax_row_grad(row.data(), C, label, scale, lse[i], in.bound, straight_through);
     store_row(row.data(), C, grad_logits + i * C);
   }
+}
+
+// The row loops compiled a second time for AVX-512, taken where cpu_isa() allows.
+#if FASTOPS_HAS_AVX512
+template <typename scalar_t, typename acc_t>
+FASTOPS_AVX512 RowStats softmax_forward_rows_avx512(const SoftmaxRows<scalar_t, acc_t>& in, int64_t begin,
+                                                    int64_t end, acc_t* loss_out, acc_t* lse_out) {
+  return softmax_forward_rows(in, begin, end, loss_out, lse_out);
+}
+
+template <typename scalar_t, typename acc_t>
+FASTOPS_AVX512 void softmax_backward_rows_avx512(const SoftmaxRows<scalar_t, acc_t>& in, const acc_t* grad_loss,
+                                                 const acc_t* lse, bool straight_through, int64_t begin,
+                                                 int64_t end, scalar_t* grad_logits) {
+  softmax_backward_rows(in, grad_loss, lse, straight_through, begin, end, grad_logits);
+}
+#endif
+
+template <typename scalar_t, typename acc_t>
+RowStats softmax_forward_dispatch(const SoftmaxRows<scalar_t, acc_t>& in, int64_t begin, int64_t end,
+                                  acc_t* loss_out, acc_t* lse_out) {
+#if FASTOPS_HAS_AVX512
+  if (cpu_isa() == CpuIsa::kAvx512) return softmax_forward_rows_avx512(in, begin, end, loss_out, lse_out);
+#endif
+  return softmax_forward_rows(in, begin, end, loss_out, lse_out);
+}
+
+template <typename scalar_t, typename acc_t>
+void softmax_backward_dispatch(const SoftmaxRows<scalar_t, acc_t>& in, const acc_t* grad_loss, const acc_t* lse,
+                               bool straight_through, int64_t begin, int64_t end, scalar_t* grad_logits) {
+#if FASTOPS_HAS_AVX512
+  if (cpu_isa() == CpuIsa::kAvx512) {
+    return softmax_backward_rows_avx512(in, grad_loss, lse, straight_through, begin, end, grad_logits);
+  }
+#endif
+  softmax_backward_rows(in, grad_loss, lse, straight_through, begin, end, grad_logits);
 }
 
 // Rejects labels outside [0, C) other than ignore_index, naming the first offending row.
@@ -208,7 +244,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> safe_cross_entropy_cpu(
     acc_t* loss_out = loss.data_ptr<acc_t>();
     acc_t* lse_out = lse.data_ptr<acc_t>();
     at::parallel_for(0, N, kRowGrain, [&](int64_t begin, int64_t end) {
-      per_thread[at::get_thread_num()].add(softmax_forward_rows(in, begin, end, loss_out, lse_out));
+      per_thread[at::get_thread_num()].add(softmax_forward_dispatch(in, begin, end, loss_out, lse_out));
     });
   });
   return {loss, lse, stats_tensor(per_thread)};
@@ -240,7 +276,7 @@ at::Tensor safe_cross_entropy_backward_cpu(const at::Tensor& grad_loss, const at
     const acc_t* row_lse = lse.data_ptr<acc_t>();
     scalar_t* dx = grad_logits.data_ptr<scalar_t>();
     at::parallel_for(0, N, kRowGrain, [&](int64_t begin, int64_t end) {
-      softmax_backward_rows(in, g, row_lse, straight_through, begin, end, dx);
+      softmax_backward_dispatch(in, g, row_lse, straight_through, begin, end, dx);
     });
   });
   return grad_logits;

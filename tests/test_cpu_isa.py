@@ -1,0 +1,65 @@
+"""Every instruction-set path of the CPU kernels gives the same results. The kernels pick AVX-512
+or AVX2 paths at run time; FASTOPS_CPU_ISA caps that choice, so each path runs here in a
+subprocess and is compared with the uncapped one."""
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+# Forward and backward of the ops with run-time ISA paths (cross-entropy rows, MLECC rows), saved.
+SCRIPT = r'''
+import sys
+import torch
+import fastops
+from fastops.reference.mlecc_loss import random_rtmo_case
+
+out = {}
+g = torch.Generator().manual_seed(0)
+for dtype in (torch.float16, torch.float32):
+    logits = torch.randn(301, 81, generator=g) * 30
+    logits[::7, 3] = float("inf")
+    logits[::11, 5] = 65504.0
+    logits = logits.to(dtype).requires_grad_()
+    labels = torch.randint(0, 81, (301,), generator=g)
+    loss, num_clamped, _ = fastops.safe_cross_entropy(logits, labels)
+    loss.sum().backward()
+    out[f"ce_{dtype}"] = (loss.detach(), logits.grad, num_clamped)
+
+case = random_rtmo_case(37, seed=1)
+grad_names = ("logits_x", "logits_y", "sigmas", "bbox_cs")
+inputs = {name: t.requires_grad_(name in grad_names) for name, t in case.items()}
+loss, _ = fastops.mlecc_loss_from_logits(**inputs)
+loss.sum().backward()
+out["mlecc_logits"] = (loss.detach(),) + tuple(inputs[name].grad for name in grad_names)
+
+probs = [torch.rand(37, 17, w, generator=g).requires_grad_() for w in (192, 256, 192, 256)]
+loss, _ = fastops.mlecc_loss_from_probs(*probs)
+loss.sum().backward()
+out["mlecc_probs"] = (loss.detach(),) + tuple(p.grad for p in probs)
+torch.save(out, sys.argv[1])
+'''
+
+
+def results_under(isa, tmp_path):
+    path = tmp_path / f"{isa or 'default'}.pt"
+    env = dict(os.environ)
+    env.pop("FASTOPS_CPU_ISA", None)
+    if isa is not None:
+        env["FASTOPS_CPU_ISA"] = isa
+    subprocess.run([sys.executable, "-c", SCRIPT, str(path)], env=env, check=True, timeout=300)
+    return torch.load(path)
+
+
+@pytest.mark.parametrize("isa", ["avx2", "baseline"])
+def test_capped_isa_paths_match_the_default(isa, tmp_path):
+    default, capped = results_under(None, tmp_path), results_under(isa, tmp_path)
+    assert default.keys() == capped.keys()
+    for key, expected in default.items():
+        for got, want in zip(capped[key], expected):
+            # The paths differ in summation order (8 vs 16 lanes, vector vs scalar) and in FMA
+            # use; gradients that are differences of probabilities (r - p) carry that rounding
+            # relative to the row, so the tolerance scales with the largest value.
+            scale = float(want.abs().max()) if want.is_floating_point() and want.numel() else 0.0
+            torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5 * scale, msg=key)
