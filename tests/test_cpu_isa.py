@@ -63,3 +63,11 @@ def test_capped_isa_paths_match_the_default(isa, tmp_path):
             # relative to the row, so the tolerance scales with the largest value.
             scale = float(want.abs().max()) if want.is_floating_point() and want.numel() else 0.0
             torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5 * scale, msg=key)
+
+
+def test_unknown_isa_name_is_an_error():
+    env = dict(os.environ, FASTOPS_CPU_ISA="avx3")
+    code = "import torch, fastops; fastops.safe_cross_entropy(torch.randn(4, 3), torch.zeros(4, dtype=torch.long))"
+    run = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert run.returncode != 0
+    assert "FASTOPS_CPU_ISA must be baseline, avx2 or avx512, got 'avx3'" in run.stderr

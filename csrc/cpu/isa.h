@@ -5,9 +5,11 @@
 //   FASTOPS_AVX2    a function compiled for AVX2 + FMA (MLECC rows: 8-lane intrinsics);
 //   FASTOPS_AVX512  a function compiled for x86-64-v4 (cross-entropy rows: the same C++ loops,
 //                   vectorised 16 floats wide).
-// FASTOPS_CPU_ISA=baseline|avx2 caps the choice (read once), so that one machine can test every
-// path; unset, the CPU decides.
+// FASTOPS_CPU_ISA=baseline|avx2|avx512 caps the choice (read once), so that one machine can test
+// every path; unset, the CPU decides.
 #pragma once
+
+#include <c10/util/Exception.h>
 
 #include <algorithm>
 #include <cstdlib>
@@ -57,9 +59,10 @@ inline CpuIsa cpu_isa() {
     const CpuIsa detected = detect_cpu_isa();
     const char* cap = std::getenv("FASTOPS_CPU_ISA");
     if (cap == nullptr) return detected;
-    const CpuIsa limit = std::strcmp(cap, "baseline") == 0 ? CpuIsa::kBaseline
-                         : std::strcmp(cap, "avx2") == 0   ? CpuIsa::kAvx2
-                                                           : CpuIsa::kAvx512;
+    const bool baseline = std::strcmp(cap, "baseline") == 0, avx2 = std::strcmp(cap, "avx2") == 0;
+    TORCH_CHECK(baseline || avx2 || std::strcmp(cap, "avx512") == 0,
+                "FASTOPS_CPU_ISA must be baseline, avx2 or avx512, got '", cap, "'");
+    const CpuIsa limit = baseline ? CpuIsa::kBaseline : avx2 ? CpuIsa::kAvx2 : CpuIsa::kAvx512;
     return std::min(detected, limit);
   }();
   return isa;
