@@ -1,7 +1,7 @@
 """Build fastops._C: CPU kernels always, CUDA kernels when torch is a CUDA build and nvcc exists.
 
 FASTOPS_CUDA=0|1 forces the CUDA kernels off or on. TORCH_CUDA_ARCH_LIST picks the
-architectures (default 8.0;9.0). MAX_JOBS bounds ninja's parallel compiles. No GPU is needed.
+architectures (default DEFAULT_CUDA_ARCHES). MAX_JOBS bounds ninja's parallel compiles. No GPU is needed.
 """
 import glob
 import os
@@ -20,6 +20,12 @@ except ImportError:
         "fastops builds against the torch you already have: install torch first "
         "(e.g. pip install torch==2.14.1), then run `pip install -e . --no-build-isolation`."
     )
+
+
+# One SASS build per major architecture from Turing (7.5) to Blackwell (12.x): a cubin runs on every
+# later minor of its major (8.0 on 8.6/8.7/8.9, 10.0 on 10.3, 12.0 on 12.1), and PTX of the newest
+# for GPUs newer than this nvcc (JIT-compiled by the driver at first use). nvcc 13 knows 7.5-12.1.
+DEFAULT_CUDA_ARCHES = "7.5;8.0;9.0;10.0;11.0;12.0+PTX"
 
 
 def find_cuda_home():
@@ -49,7 +55,7 @@ cuda_home = find_cuda_home()
 with_cuda = want_cuda(cuda_home)
 if with_cuda:
     os.environ["CUDA_HOME"] = cuda_home  # read by torch.utils.cpp_extension at import
-    os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "8.0;9.0")
+    os.environ.setdefault("TORCH_CUDA_ARCH_LIST", DEFAULT_CUDA_ARCHES)
 
 from torch.utils.cpp_extension import BuildExtension, CppExtension, CUDAExtension  # noqa: E402
 

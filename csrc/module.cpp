@@ -1,6 +1,8 @@
 // fastops._C: build information only. The operators register through TORCH_LIBRARY in csrc/ops.
 #include <torch/extension.h>
 
+#include "cpu/isa.h"
+
 #ifndef FASTOPS_CUDA_ARCHES
 #define FASTOPS_CUDA_ARCHES ""
 #endif
@@ -13,4 +15,8 @@ PYBIND11_MODULE(_C, m) {
 #endif
   m.def("cuda_arches", [] { return std::string(FASTOPS_CUDA_ARCHES); });
   m.def("torch_version_built", [] { return std::string(TORCH_VERSION_BUILT); });
+  m.def("cpu_isa", [] {
+    const char* names[] = {"baseline", "avx2", "avx512"};
+    return std::string(names[static_cast<int>(fastops::cpu_isa())]);
+  });
 }

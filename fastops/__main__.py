@@ -1,4 +1,4 @@
-"""``python -m fastops {train,demo,synth,bench,doctor}`` (also the ``fastops`` console script)."""
+"""``python -m fastops {train,demo,synth,bench,doctor,info}`` (also the ``fastops`` console script)."""
 import os
 import subprocess
 import sys
@@ -11,6 +11,7 @@ commands:
   synth   write a synthetic COCO-format dataset (keypoints or detection)
   bench   run the benchmarks (pytest bench/ --benchmark-only)
   doctor  check a training config for known OpenMMLab pitfalls (see README)
+  info    the build (torch, CPU instruction set, CUDA arches) and, per GPU, whether it has a kernel
 
 `python -m fastops COMMAND --help` shows a command's options."""
 
@@ -37,6 +38,8 @@ def dispatch(command: str, argv) -> int:
         from .synth import main as command_main
     elif command == "doctor":
         from .doctor import main as command_main
+    elif command == "info":
+        from .info import main as command_main
     elif command == "bench":
         command_main = run_benchmarks
     else:

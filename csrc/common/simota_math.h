@@ -48,7 +48,10 @@ FASTOPS_HD float log1p_f(float a) {
   return std::log1p(a);
 #endif
 }
-FASTOPS_HD float max_f(float a, float b) { return a > b ? a : b; }
+// torch.maximum / torch.minimum / clamp: NaN in either argument gives NaN (fmaxf/fminf would drop
+// it, so that a NaN box got a finite overlap over the 1e-6 union floor: a huge IoU).
+FASTOPS_HD float max_f(float a, float b) { return (a != a || b != b) ? a + b : (a > b ? a : b); }
+FASTOPS_HD float min_f(float a, float b) { return (a != a || b != b) ? a + b : (a < b ? a : b); }
 
 // Scalar settings of one call.
 struct Params {
@@ -144,8 +147,8 @@ FASTOPS_HD float pair_iou(const ImageData& img, int64_t p, int64_t g) {
   const float* b = img.gt_boxes + g * 4;
   float area1 = mul_rn(sub_rn(a[2], a[0]), sub_rn(a[3], a[1]));
   float area2 = mul_rn(sub_rn(b[2], b[0]), sub_rn(b[3], b[1]));
-  float w = max_f(sub_rn(fminf(a[2], b[2]), fmaxf(a[0], b[0])), 0.f);
-  float h = max_f(sub_rn(fminf(a[3], b[3]), fmaxf(a[1], b[1])), 0.f);
+  float w = max_f(sub_rn(min_f(a[2], b[2]), max_f(a[0], b[0])), 0.f);
+  float h = max_f(sub_rn(min_f(a[3], b[3]), max_f(a[1], b[1])), 0.f);
   float overlap = mul_rn(w, h);
   float union_area = max_f(sub_rn(add_rn(area1, area2), overlap), kUnionEps);
   return div_rn(overlap, union_area);
@@ -219,7 +222,23 @@ FASTOPS_HD bool prior_is_valid(const ImageData& img, const Params& prm, int64_t 
 }
 
 // max(1, trunc(sum)) as the stock clamp(sum.int(), min=1); NaN or negative sums give 1.
-FASTOPS_HD int64_t dynamic_k_of_sum(float sum) { return sum >= 2.f ? static_cast<int64_t>(sum) : 1; }
+// The float-to-int cast saturates (+inf from an infinite indicator would be undefined behaviour);
+// callers cap k at the number of valid priors.
+FASTOPS_HD int64_t dynamic_k_of_sum(float sum) {
+  constexpr float kCap = 4611686018427387904.f;  // 2^62
+  return sum >= 2.f ? (sum < kCap ? static_cast<int64_t>(sum) : static_cast<int64_t>(kCap)) : 1;
+}
+
+// Non-finite values, one rule in both kernels and the reference: a NaN cost or indicator is never
+// picked (neither among a gt's top-k candidates, where it does not count toward dynamic_k, nor among
+// its dynamic_k cheapest priors, nor as the winner of a conflict); ±inf order as numbers.
+FASTOPS_HD bool is_nan(float x) { return x != x; }
+
+// Conflict argmin over the gts of one prior: whether `cost` beats the best so far (first index on
+// ties, as torch.min; NaN never wins).
+FASTOPS_HD bool beats_best_cost(float cost, float best_cost, bool have_best) {
+  return !is_nan(cost) && (!have_best || cost < best_cost);
+}
 
 FASTOPS_HD float neg_log_eps(float x) { return -log_f(add_rn(x, kLogEps)); }
 

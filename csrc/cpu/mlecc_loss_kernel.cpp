@@ -213,15 +213,17 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> mlecc_from_probs_back
     at::parallel_for(0, rows, 64, [&](int64_t begin, int64_t end) {
       for (int64_t row = begin; row < end; ++row) {
         const int64_t ox = row * in.wx, oy = row * in.wy;
-        double scale_x = 0.0, scale_y = 0.0;
         const auto sums = row_log_sums(in, row);
-        if (sums.valid) {
-          // d/dS_x of -log(S_x S_y + floor) = -S_y / (S_x S_y + floor) = -exp(log S_y - lae).
-          const double lae = log_add_exp(sums.x + sums.y, log_floor);
-          const double upstream = -static_cast<double>(go[row]) * weight_at(in.weight, row);
-          scale_x = upstream * std::exp(sums.y - lae);
-          scale_y = upstream * std::exp(sums.x - lae);
+        if (!sums.valid) {  // 0 loss, so 0 gradient (scale 0 times an inf input would be NaN)
+          for (scalar_t* grad : {gpx + ox, gtx + ox}) std::fill_n(grad, in.wx, scalar_t(0));
+          for (scalar_t* grad : {gpy + oy, gty + oy}) std::fill_n(grad, in.wy, scalar_t(0));
+          continue;
         }
+        // d/dS_x of -log(S_x S_y + floor) = -S_y / (S_x S_y + floor) = -exp(log S_y - lae).
+        const double lae = log_add_exp(sums.x + sums.y, log_floor);
+        const double upstream = -static_cast<double>(go[row]) * weight_at(in.weight, row);
+        const double scale_x = upstream * std::exp(sums.y - lae);
+        const double scale_y = upstream * std::exp(sums.x - lae);
         write_probs_grads_dispatch(in.pred_x + ox, in.target_x + ox, gpx + ox, gtx + ox, in.wx, scale_x);
         write_probs_grads_dispatch(in.pred_y + oy, in.target_y + oy, gpy + oy, gty + oy, in.wy, scale_y);
       }

@@ -9,6 +9,7 @@
 #include <immintrin.h>
 #endif
 
+#include <cstdio>
 #include <vector>
 
 #include "common/clamp_math.h"
@@ -202,24 +203,22 @@ void softmax_backward_dispatch(const SoftmaxRows<scalar_t, acc_t>& in, const acc
   softmax_backward_rows(in, grad_loss, lse, straight_through, begin, end, grad_logits);
 }
 
-// Rejects labels outside [0, C) other than ignore_index, naming the first offending row.
-void check_labels(const int64_t* labels, int64_t N, int64_t lo, int64_t hi, int64_t ignore_index,
-                  const char* op) {
-  for (int64_t i = 0; i < N; ++i) {
-    const int64_t y = labels[i];
-    TORCH_CHECK(y == ignore_index || (y >= lo && y < hi), op, ": labels[", i, "] = ", y,
-                " is out of range [", lo, ", ", hi, ") and is not ignore_index (", ignore_index, ")");
+// Rejects labels outside [0, hi) other than ignore_index, naming the first offending row.
+void check_labels(const at::Tensor& labels, int64_t hi, int64_t ignore_index, const char* op) {
+  const int64_t* y = labels.data_ptr<int64_t>();
+  for (int64_t i = 0; i < labels.numel(); ++i) {
+    if (y[i] == ignore_index || (y[i] >= 0 && y[i] < hi)) continue;
+    char message[256];
+    std::snprintf(message, sizeof(message), FASTOPS_LABEL_RANGE_MSG, op, static_cast<long long>(i),
+                  static_cast<long long>(y[i]), static_cast<long long>(hi), static_cast<long long>(ignore_index));
+    TORCH_CHECK(false, message);
   }
 }
 
 at::Tensor stats_tensor(const std::vector<RowStats>& per_thread) {
   RowStats total;
   for (const auto& s : per_thread) total.add(s);
-  return at::tensor({total.clamped, total.nan, int64_t{0}}, at::kLong);
-}
-
-at::ScalarType loss_dtype(const at::Tensor& logits) {
-  return logits.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  return at::tensor({total.clamped, total.nan}, at::kLong);
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> safe_cross_entropy_cpu(
@@ -229,7 +228,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> safe_cross_entropy_cpu(
   const auto logits = logits_in.contiguous();
   const auto labels = labels_in.contiguous();
   const int64_t N = logits.size(0), C = logits.size(1);
-  check_labels(labels.data_ptr<int64_t>(), N, 0, C, ignore_index, "safe_cross_entropy");
+  check_labels(labels, C, ignore_index, "safe_cross_entropy");
   auto loss = at::empty({N}, logits.options().dtype(loss_dtype(logits)));
   auto lse = at::empty({N}, loss.options());
   std::vector<RowStats> per_thread(at::get_num_threads());
@@ -256,10 +255,11 @@ at::Tensor safe_cross_entropy_backward_cpu(const at::Tensor& grad_loss, const at
                                            const at::Tensor& lse_in, int64_t ignore_index,
                                            double clamp, bool straight_through) {
   check_softmax_args(logits_in, labels_in, class_weight_in, clamp);
-  check_grad(grad_loss, {logits_in.size(0)}, "safe_cross_entropy_backward");
+  check_softmax_backward_args(grad_loss, lse_in, logits_in);
   const auto logits = logits_in.contiguous();
   const auto labels = labels_in.contiguous();
   const int64_t N = logits.size(0), C = logits.size(1);
+  check_labels(labels, C, ignore_index, "safe_cross_entropy_backward");
   auto grad_logits = at::empty_like(logits);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, logits.scalar_type(), "safe_ce_bwd", [&] {
     using acc_t = at::opmath_type<scalar_t>;
@@ -306,8 +306,7 @@ at::Tensor prepare_sigmoid_targets(const at::Tensor& targets, const at::Tensor& 
                                    int64_t ignore_index) {
   if (targets.scalar_type() != at::kLong) return targets.to(loss_dtype(logits)).contiguous();
   auto labels = targets.contiguous();
-  check_labels(labels.data_ptr<int64_t>(), labels.size(0), 0, logits.size(1) + 1, ignore_index,
-               "safe_sigmoid_cross_entropy");
+  check_labels(labels, logits.size(1) + 1, ignore_index, "safe_sigmoid_cross_entropy");
   return labels;
 }
 
@@ -354,7 +353,7 @@ at::Tensor safe_sigmoid_cross_entropy_backward_cpu(
     const std::optional<at::Tensor>& pos_weight_in, int64_t ignore_index, double clamp,
     bool straight_through) {
   check_sigmoid_args(logits_in, targets_in, pos_weight_in, clamp);
-  check_grad(grad_loss, logits_in.sizes(), "safe_sigmoid_cross_entropy_backward");
+  check_sigmoid_backward_args(grad_loss, logits_in);
   const auto logits = logits_in.contiguous();
   const auto targets = prepare_sigmoid_targets(targets_in, logits, ignore_index);
   const int64_t N = logits.size(0), C = logits.size(1);

@@ -3,6 +3,7 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include <cstdio>
 #include <vector>
 
 #include "ops/simota_assign.h"
@@ -22,8 +23,9 @@ class SmallestK {
     idx_.reserve(cap);
   }
 
+  // NaN keys are never kept (common/simota_math.h).
   void push(float key, int64_t idx) {
-    if (cap_ == 0) return;
+    if (cap_ == 0 || simota::is_nan(key)) return;
     if (size() == cap_ && !before(key, idx, keys_.back(), idx_.back())) return;
     if (size() < cap_) {
       keys_.push_back(key);
@@ -238,19 +240,20 @@ std::vector<int64_t> select_for_gt(const ImageData& img, const Params& prm, cons
     if (!scan.exact[v]) scan.sims[v] = simota::pair_similarity(img, prm, valid.index[v], g);
     all.push(simota::pair_cost(img, prm, valid.index[v], g, scan.sims[v]), v);
   }
-  const SmallestK& chosen = inside_suffices ? inside : all;
-  std::vector<int64_t> picked(k);
-  for (int64_t i = 0; i < k; ++i) picked[i] = chosen.index(i);
+  const SmallestK& chosen = inside_suffices ? inside : all;  // fewer than k when costs are NaN
+  std::vector<int64_t> picked(chosen.size());
+  for (int64_t i = 0; i < chosen.size(); ++i) picked[i] = chosen.index(i);
   return picked;
 }
 
-// argmin over all gts of the full cost of prior p (first index on ties, as torch.min).
+// argmin over all gts of the full cost of prior p (first index on ties, as torch.min; NaN never
+// wins, and the gts that picked p have a cost that is not NaN).
 int64_t cheapest_gt(const ImageData& img, const Params& prm, int64_t p) {
-  int64_t best = 0;
+  int64_t best = -1;
   float best_cost = INFINITY;
   for (int64_t g = 0; g < img.num_gt; ++g) {
-    float cost = simota::pair_cost(img, prm, p, g, simota::pair_similarity(img, prm, p, g));
-    if (g == 0 || cost < best_cost) {
+    const float cost = simota::pair_cost(img, prm, p, g, simota::pair_similarity(img, prm, p, g));
+    if (simota::beats_best_cost(cost, best_cost, best >= 0)) {
       best = g;
       best_cost = cost;
     }
@@ -283,6 +286,30 @@ void resolve_image(const ImageData& img, const Params& prm, const ValidPriors& v
     out.gt_inds[p] = g + 1;
     out.labels[p] = img.gt_labels[g];
     out.overlaps[p] = simota::pair_similarity(img, prm, p, g).indicator(prm);
+  }
+}
+
+// num_gts in [0, G] and the labels of the real gts in [0, C), read on the host (the CUDA kernels
+// assert the same with the same messages).
+void check_simota_assign_values(const at::Tensor& num_gts_in, const at::Tensor& gt_labels_in, int64_t C) {
+  const auto num_gts = num_gts_in.contiguous(), gt_labels = gt_labels_in.contiguous();
+  const int64_t B = gt_labels.size(0), G = gt_labels.size(1);
+  const int64_t* n = num_gts.data_ptr<int64_t>();
+  const int64_t* labels = gt_labels.data_ptr<int64_t>();
+  char message[256];
+  for (int64_t b = 0; b < B; ++b) {
+    if (n[b] < 0 || n[b] > G) {
+      std::snprintf(message, sizeof(message), FASTOPS_SIMOTA_NUM_GTS_MSG, static_cast<long long>(b),
+                    static_cast<long long>(n[b]), static_cast<long long>(G));
+      TORCH_CHECK(false, message);
+    }
+    for (int64_t g = 0; g < n[b]; ++g) {
+      const int64_t y = labels[b * G + g];
+      if (y >= 0 && y < C) continue;
+      std::snprintf(message, sizeof(message), FASTOPS_SIMOTA_LABEL_MSG, static_cast<long long>(b),
+                    static_cast<long long>(g), static_cast<long long>(y), static_cast<long long>(C));
+      TORCH_CHECK(false, message);
+    }
   }
 }
 

@@ -57,7 +57,14 @@ __device__ bool is_nonnegative_finite(T v) {
   return v >= T(0) && v <= std::numeric_limits<T>::max();
 }
 
-int64_t num_blocks(int64_t rows) { return (rows + kRowsPerBlock - 1) / kRowsPerBlock; }
+// One warp per row: the grid is rows / kRowsPerBlock blocks, which must fit gridDim.x.
+unsigned num_blocks(int64_t rows) {
+  const int64_t blocks = (rows + kRowsPerBlock - 1) / kRowsPerBlock;
+  TORCH_CHECK(blocks <= std::numeric_limits<int32_t>::max(), "mlecc_loss: ", rows,
+              " (instance, keypoint) rows exceed the CUDA grid limit of ",
+              int64_t(std::numeric_limits<int32_t>::max()) * kRowsPerBlock);
+  return static_cast<unsigned>(blocks);
+}
 
 // ---------------------------------------------------------------- from probabilities
 
@@ -112,20 +119,27 @@ __device__ void write_probs_axis(const T* p, const T* t, T* gp, T* gt, int64_t c
 }
 
 template <typename T>
+__device__ void write_zeros(T* a, T* b, int64_t count) {
+  for (int64_t i = lane_id(); i < count; i += kWarpSize) a[i] = b[i] = T(0);
+}
+
+template <typename T>
 __global__ void probs_backward_kernel(ProbsArgs<T> in, int64_t rows, double log_floor, const T* grad_loss, T* gpx,
                                       T* gpy, T* gtx, T* gty) {
   const int64_t row = warp_row();
   if (row >= rows) return;
-  double scale_x = 0.0, scale_y = 0.0;
-  if (probs_row_valid(in, row)) {
-    // d/dS_x of -log(S_x S_y + floor) = -exp(log S_y - logaddexp(log S_x + log S_y, log floor)).
-    const double log_x = log_sum_x(in, row), log_y = log_sum_y(in, row);
-    const double lae = log_add_exp(log_x + log_y, log_floor);
-    const double upstream = -static_cast<double>(grad_loss[row]) * weight_at(in.weight, row);
-    scale_x = upstream * ::exp(log_y - lae);
-    scale_y = upstream * ::exp(log_x - lae);
-  }
   const int64_t ox = row * in.wx, oy = row * in.wy;
+  if (!probs_row_valid(in, row)) {  // 0 loss, so 0 gradient (scale 0 times an inf input would be NaN)
+    write_zeros(gpx + ox, gtx + ox, in.wx);
+    write_zeros(gpy + oy, gty + oy, in.wy);
+    return;
+  }
+  // d/dS_x of -log(S_x S_y + floor) = -exp(log S_y - logaddexp(log S_x + log S_y, log floor)).
+  const double log_x = log_sum_x(in, row), log_y = log_sum_y(in, row);
+  const double lae = log_add_exp(log_x + log_y, log_floor);
+  const double upstream = -static_cast<double>(grad_loss[row]) * weight_at(in.weight, row);
+  const double scale_x = upstream * ::exp(log_y - lae);
+  const double scale_y = upstream * ::exp(log_x - lae);
   write_probs_axis(in.pred_x + ox, in.target_x + ox, gpx + ox, gtx + ox, in.wx, scale_x);
   write_probs_axis(in.pred_y + oy, in.target_y + oy, gpy + oy, gty + oy, in.wy, scale_y);
 }

@@ -1,6 +1,7 @@
 // CUDA kernels of the fp16-safe clamped cross-entropy. Softmax rows go one warp per row with an
 // online log-sum-exp, so the logits are read once forward and the gradient written once backward;
-// the counters are reduced per block and added to global memory only when non-zero.
+// the counters are reduced per block and added to global memory only when non-zero. Labels are
+// validated in the kernels (a device-side assert with the CPU kernel's message): no host sync.
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/cuda/CUDAContext.h>
@@ -18,7 +19,7 @@ constexpr int kBlock = 256;
 constexpr int kWarpsPerBlock = kBlock / kWarp;
 
 struct Counts {
-  unsigned long long clamped = 0, nan = 0, invalid = 0;
+  unsigned long long clamped = 0, nan = 0;
 };
 
 __device__ __forceinline__ unsigned long long warp_sum(unsigned long long v) {
@@ -26,32 +27,47 @@ __device__ __forceinline__ unsigned long long warp_sum(unsigned long long v) {
   return v;
 }
 
-// Sums the per-thread counts over the block and adds them to stats[0..2] (one atomic per non-zero).
+// Sums the per-thread counts over the block and adds them to stats[0..1] (one atomic per non-zero).
 __device__ void flush_counts(Counts c, unsigned long long* stats) {
-  __shared__ unsigned long long partial[3][kWarpsPerBlock];
+  __shared__ unsigned long long partial[2][kWarpsPerBlock];
   const int lane = threadIdx.x % kWarp, warp = threadIdx.x / kWarp;
   c.clamped = warp_sum(c.clamped);
   c.nan = warp_sum(c.nan);
-  c.invalid = warp_sum(c.invalid);
   if (lane == 0) {
     partial[0][warp] = c.clamped;
     partial[1][warp] = c.nan;
-    partial[2][warp] = c.invalid;
   }
   __syncthreads();
-  if (threadIdx.x < 3) {
+  if (threadIdx.x < 2) {
     unsigned long long total = 0;
     for (int w = 0; w < kWarpsPerBlock; ++w) total += partial[threadIdx.x][w];
     if (total) atomicAdd(stats + threadIdx.x, total);
   }
 }
 
-// Merges two (max, Σ exp(x − max)) pairs of an online log-sum-exp.
+// Merges two (max, Σ exp(x − max)) pairs of an online log-sum-exp. An empty partial (s = 0) is
+// skipped rather than rescaled, so no exp(-inf - -inf) can turn it into NaN.
 template <typename acc_t>
 __device__ __forceinline__ void lse_merge(acc_t& m, acc_t& s, acc_t m2, acc_t s2) {
+  if (s2 == acc_t(0)) return;
+  if (s == acc_t(0)) {
+    m = m2;
+    s = s2;
+    return;
+  }
   const acc_t hi = m > m2 ? m : m2;
   s = s * exp(m - hi) + s2 * exp(m2 - hi);
   m = hi;
+}
+
+// Same check and message as the CPU kernels' check_labels; `hi` is C (softmax) or C + 1 (sigmoid).
+__device__ __forceinline__ bool label_in_range(const char* op, int64_t row, int64_t y, int64_t hi,
+                                               int64_t ignore_index) {
+  const bool ok = y == ignore_index || (y >= 0 && y < hi);
+  CUDA_KERNEL_ASSERT_PRINTF(ok, FASTOPS_LABEL_RANGE_MSG, op, static_cast<long long>(row),
+                            static_cast<long long>(y), static_cast<long long>(hi),
+                            static_cast<long long>(ignore_index));
+  return ok;
 }
 
 template <typename scalar_t, typename acc_t>
@@ -67,7 +83,7 @@ __global__ void softmax_ce_forward_kernel(const scalar_t* __restrict__ logits,
   for (int64_t row = int64_t(blockIdx.x) * kWarpsPerBlock + threadIdx.x / kWarp; row < N;
        row += warps_total) {
     const scalar_t* x = logits + row * C;
-    acc_t m = -bound, s = 0;  // every clamped value is >= -bound
+    acc_t m = -bound, s = 0;  // every clamped value is >= -bound (finite: checked by the op)
     for (int64_t j = lane; j < C; j += kWarp) {
       const acc_t v = static_cast<acc_t>(x[j]);
       counts.clamped += changed_by_clamp(v, bound);
@@ -86,11 +102,10 @@ __global__ void softmax_ce_forward_kernel(const scalar_t* __restrict__ logits,
       const acc_t row_lse = m + log(s);
       const int64_t y = labels[row];
       lse[row] = row_lse;
-      if (y == ignore_index) {
-        loss[row] = 0;
-      } else if (y < 0 || y >= C) {
-        counts.invalid += 1;
+      if (!label_in_range("safe_cross_entropy", row, y, C, ignore_index)) {
         loss[row] = NAN;
+      } else if (y == ignore_index) {
+        loss[row] = 0;
       } else {
         const acc_t w = class_weight ? class_weight[y] : acc_t(1);
         loss[row] = w * (row_lse - clamp_keep_nan(static_cast<acc_t>(x[y]), bound));
@@ -113,7 +128,7 @@ __global__ void softmax_ce_backward_kernel(const acc_t* __restrict__ grad_loss,
   for (int64_t row = int64_t(blockIdx.x) * kWarpsPerBlock + threadIdx.x / kWarp; row < N;
        row += warps_total) {
     const int64_t y = labels[row];
-    const bool valid = y != ignore_index && y >= 0 && y < C;
+    const bool valid = label_in_range("safe_cross_entropy_backward", row, y, C, ignore_index) && y != ignore_index;
     // d/dx_j [w_y (lse − x_y)] = w_y (softmax_j − [j = y]).
     const acc_t scale = valid ? grad_loss[row] * (class_weight ? class_weight[y] : acc_t(1)) : acc_t(0);
     const acc_t shift = lse[row];
@@ -138,7 +153,7 @@ struct SigmoidTargets {
   __device__ acc_t at(int64_t i, int64_t j) const { return labels ? acc_t(labels[i] == j) : probs[i * C + j]; }
   __device__ bool ignored(int64_t i) const { return labels && labels[i] == ignore_index; }
   __device__ bool invalid(int64_t i) const {
-    return labels && labels[i] != ignore_index && (labels[i] < 0 || labels[i] > C);
+    return labels && !label_in_range("safe_sigmoid_cross_entropy", i, labels[i], C + 1, ignore_index);
   }
 };
 
@@ -156,7 +171,6 @@ __global__ void sigmoid_ce_forward_kernel(const scalar_t* __restrict__ logits, S
     counts.clamped += changed_by_clamp(v, bound);
     counts.nan += (v != v);
     if (t.invalid(i)) {
-      counts.invalid += (j == 0);
       loss[k] = NAN;
     } else {
       loss[k] = t.ignored(i) ? acc_t(0)
@@ -187,14 +201,11 @@ __global__ void sigmoid_ce_backward_kernel(const acc_t* __restrict__ grad_loss,
   }
 }
 
+// Grid-stride kernels: the grid is capped at the resident blocks, so no int64 count can overflow it.
 int grid_for(int64_t work_items, int items_per_block) {
   const int64_t needed = (work_items + items_per_block - 1) / items_per_block;
   const int64_t resident = int64_t(at::cuda::getCurrentDeviceProperties()->multiProcessorCount) * 16;
   return static_cast<int>(std::max<int64_t>(1, std::min(needed, resident)));
-}
-
-at::ScalarType acc_dtype(const at::Tensor& logits) {
-  return logits.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
 }
 
 std::optional<at::Tensor> as_acc(const std::optional<at::Tensor>& t, at::ScalarType dtype) {
@@ -215,11 +226,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> safe_cross_entropy_cuda(
   const auto logits = logits_in.contiguous();
   const auto labels = labels_in.contiguous();
   const int64_t N = logits.size(0), C = logits.size(1);
-  auto loss = at::empty({N}, logits.options().dtype(acc_dtype(logits)));
+  auto loss = at::empty({N}, logits.options().dtype(loss_dtype(logits)));
   auto lse = at::empty({N}, loss.options());
-  auto stats = at::zeros({3}, logits.options().dtype(at::kLong));
+  auto stats = at::zeros({2}, logits.options().dtype(at::kLong));
   if (N == 0) return {loss, lse, stats};
-  const auto weight = as_acc(class_weight_in, acc_dtype(logits));
+  const auto weight = as_acc(class_weight_in, loss_dtype(logits));
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, logits.scalar_type(), "safe_ce_fwd_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     softmax_ce_forward_kernel<scalar_t, acc_t>
@@ -238,14 +249,14 @@ at::Tensor safe_cross_entropy_backward_cuda(const at::Tensor& grad_loss, const a
                                             const at::Tensor& lse_in, int64_t ignore_index,
                                             double clamp, bool straight_through) {
   check_softmax_args(logits_in, labels_in, class_weight_in, clamp);
-  check_grad(grad_loss, {logits_in.size(0)}, "safe_cross_entropy_backward");
+  check_softmax_backward_args(grad_loss, lse_in, logits_in);
   const c10::cuda::CUDAGuard guard(logits_in.device());
   const auto logits = logits_in.contiguous();
   const auto labels = labels_in.contiguous();
   const int64_t N = logits.size(0), C = logits.size(1);
   auto grad_logits = at::empty_like(logits);
   if (N == 0) return grad_logits;
-  const auto dtype = acc_dtype(logits);
+  const auto dtype = loss_dtype(logits);
   const auto grad = grad_loss.to(dtype).contiguous();
   const auto lse = lse_in.to(dtype).contiguous();
   const auto weight = as_acc(class_weight_in, dtype);
@@ -269,7 +280,7 @@ SigmoidTargets<acc_t> sigmoid_targets(const at::Tensor& targets, int64_t ignore_
 
 at::Tensor prepare_sigmoid_targets(const at::Tensor& targets, const at::Tensor& logits) {
   return targets.scalar_type() == at::kLong ? targets.contiguous()
-                                            : targets.to(acc_dtype(logits)).contiguous();
+                                            : targets.to(loss_dtype(logits)).contiguous();
 }
 
 std::tuple<at::Tensor, at::Tensor> safe_sigmoid_cross_entropy_cuda(
@@ -279,11 +290,11 @@ std::tuple<at::Tensor, at::Tensor> safe_sigmoid_cross_entropy_cuda(
   const c10::cuda::CUDAGuard guard(logits_in.device());
   const auto logits = logits_in.contiguous();
   const auto targets = prepare_sigmoid_targets(targets_in, logits);
-  auto loss = at::empty(logits.sizes(), logits.options().dtype(acc_dtype(logits)));
-  auto stats = at::zeros({3}, logits.options().dtype(at::kLong));
+  auto loss = at::empty(logits.sizes(), logits.options().dtype(loss_dtype(logits)));
+  auto stats = at::zeros({2}, logits.options().dtype(at::kLong));
   const int64_t numel = logits.numel();
   if (numel == 0) return {loss, stats};
-  const auto pos_weight = as_acc(pos_weight_in, acc_dtype(logits));
+  const auto pos_weight = as_acc(pos_weight_in, loss_dtype(logits));
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, logits.scalar_type(), "safe_bce_fwd_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     sigmoid_ce_forward_kernel<scalar_t, acc_t>
@@ -301,14 +312,14 @@ at::Tensor safe_sigmoid_cross_entropy_backward_cuda(
     const std::optional<at::Tensor>& pos_weight_in, int64_t ignore_index, double clamp,
     bool straight_through) {
   check_sigmoid_args(logits_in, targets_in, pos_weight_in, clamp);
-  check_grad(grad_loss, logits_in.sizes(), "safe_sigmoid_cross_entropy_backward");
+  check_sigmoid_backward_args(grad_loss, logits_in);
   const c10::cuda::CUDAGuard guard(logits_in.device());
   const auto logits = logits_in.contiguous();
   const auto targets = prepare_sigmoid_targets(targets_in, logits);
   auto grad_logits = at::empty_like(logits);
   const int64_t numel = logits.numel();
   if (numel == 0) return grad_logits;
-  const auto dtype = acc_dtype(logits);
+  const auto dtype = loss_dtype(logits);
   const auto grad = grad_loss.to(dtype).contiguous();
   const auto pos_weight = as_acc(pos_weight_in, dtype);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, logits.scalar_type(), "safe_bce_bwd_cuda", [&] {

@@ -1,4 +1,5 @@
-// simota_assign on CUDA: one launch sequence for the whole batch, no host sync after the checks.
+// simota_assign on CUDA: one launch sequence for the whole batch, no host sync (num_gts and the
+// labels are validated by device-side asserts with the CPU kernel's messages).
 //   prepare_gts     (b, g): gt centres and OKS weights
 //   mark_valid      (b, p): valid-prior flags, per-image valid counts, class BCE sums
 //   pair_costs      (b, g, p): cost and dynamic-k indicator of every valid pair, [B, G, P]
@@ -9,7 +10,7 @@
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
-#include <cfloat>
+#include <limits>
 
 #include "ops/simota_assign.h"
 
@@ -22,13 +23,32 @@ using simota::Params;
 constexpr int kThreads = 256;
 constexpr int kSelectThreads = 256;
 
-int blocks_for(int64_t n) { return static_cast<int>((n + kThreads - 1) / kThreads); }
+// Grid size of a one-thread-per-item launch; the int64 count must fit gridDim.x.
+unsigned grid_of(int64_t items, int64_t items_per_block, const char* what) {
+  const int64_t blocks = (items + items_per_block - 1) / items_per_block;
+  TORCH_CHECK(blocks <= std::numeric_limits<int32_t>::max(), "simota_assign: ", items, " ", what,
+              " exceed the CUDA grid limit; split the batch");
+  return static_cast<unsigned>(blocks);
+}
+
+// num_gts[b], asserted to lie in [0, G] and clamped there, so that no kernel reads past the gt
+// padding before the failed assert stops the stream.
+__device__ int64_t gt_count(const int64_t* num_gts, int64_t b, int64_t G) {
+  const int64_t n = num_gts[b];
+  CUDA_KERNEL_ASSERT_PRINTF(n >= 0 && n <= G, FASTOPS_SIMOTA_NUM_GTS_MSG, static_cast<long long>(b),
+                            static_cast<long long>(n), static_cast<long long>(G));
+  return n < 0 ? 0 : (n > G ? G : n);
+}
 
 __global__ void prepare_gts(ImageData base, Params prm, const int64_t* num_gts, int64_t B) {
   const int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
   if (i >= B * prm.G) return;
-  const int64_t b = i / prm.G, g = i % prm.G;
-  if (g < num_gts[b]) simota::prepare_gt(simota::image_at(base, prm, b, num_gts[b]), prm, g);
+  const int64_t b = i / prm.G, g = i % prm.G, num_gt = gt_count(num_gts, b, prm.G);
+  if (g >= num_gt) return;
+  const int64_t label = base.gt_labels[i];
+  CUDA_KERNEL_ASSERT_PRINTF(label >= 0 && label < prm.C, FASTOPS_SIMOTA_LABEL_MSG, static_cast<long long>(b),
+                            static_cast<long long>(g), static_cast<long long>(label), static_cast<long long>(prm.C));
+  simota::prepare_gt(simota::image_at(base, prm, b, num_gt), prm, g);
 }
 
 __global__ void mark_valid(ImageData base, Params prm, const int64_t* num_gts, int64_t B, uint8_t* valid,
@@ -36,7 +56,7 @@ __global__ void mark_valid(ImageData base, Params prm, const int64_t* num_gts, i
   const int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
   if (i >= B * prm.P) return;
   const int64_t b = i / prm.P, p = i % prm.P;
-  const ImageData img = simota::image_at(base, prm, b, num_gts[b]);
+  const ImageData img = simota::image_at(base, prm, b, gt_count(num_gts, b, prm.G));
   const bool is_valid = simota::prior_is_valid(img, prm, p);
   valid[i] = is_valid;
   if (!is_valid) return;
@@ -49,8 +69,9 @@ __global__ void pair_costs(ImageData base, Params prm, const int64_t* num_gts, i
   const int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
   if (i >= B * prm.G * prm.P) return;
   const int64_t b = i / (prm.G * prm.P), g = (i / prm.P) % prm.G, p = i % prm.P;
-  if (g >= num_gts[b] || !valid[b * prm.P + p]) return;
-  const ImageData img = simota::image_at(base, prm, b, num_gts[b]);
+  const int64_t num_gt = gt_count(num_gts, b, prm.G);
+  if (g >= num_gt || !valid[b * prm.P + p]) return;
+  const ImageData img = simota::image_at(base, prm, b, num_gt);
   const simota::PairSim sim = simota::pair_similarity(img, prm, p, g);
   cost[i] = simota::pair_cost(img, prm, p, g, sim);
   indicator[i] = sim.indicator(prm);
@@ -91,14 +112,15 @@ __device__ void block_min(float& key, int64_t& idx) {
 }
 
 // The next smallest valid (sign * value, p) strictly after (prev_key, prev_idx); idx -1 if none.
+// NaN keys are never taken; ±inf are (the "none yet" state is (+inf, INT64_MAX), after every p).
 __device__ void next_smallest(const float* values, float sign, const uint8_t* valid, int64_t P, float prev_key,
                               int64_t prev_idx, float& key, int64_t& idx) {
-  key = FLT_MAX;
+  key = INFINITY;
   idx = INT64_MAX;
   for (int64_t p = threadIdx.x; p < P; p += blockDim.x) {
     if (!valid[p]) continue;
     const float k = sign * values[p];
-    if (before(prev_key, prev_idx, k, p) && before(k, p, key, idx)) {
+    if (!simota::is_nan(k) && before(prev_key, prev_idx, k, p) && before(k, p, key, idx)) {
       key = k;
       idx = p;
     }
@@ -110,12 +132,12 @@ __device__ void next_smallest(const float* values, float sign, const uint8_t* va
 __global__ void select_per_gt(Params prm, const int64_t* num_gts, const uint8_t* valid, const int* num_valid,
                               const float* cost, const float* indicator, int* times_picked, int64_t* picked_by) {
   const int64_t b = blockIdx.x / prm.G, g = blockIdx.x % prm.G;
-  if (g >= num_gts[b] || num_valid[b] == 0) return;
+  if (g >= gt_count(num_gts, b, prm.G) || num_valid[b] == 0) return;
   const int64_t P = prm.P, column = blockIdx.x * P;
   const uint8_t* image_valid = valid + b * P;
   // dynamic_k: sum of the candidate_topk largest indicators, largest first (as torch.topk + sum)
   const int64_t candidates = min(prm.candidate_topk, static_cast<int64_t>(num_valid[b]));
-  float total = 0.f, key = -FLT_MAX;
+  float total = 0.f, key = -INFINITY;  // (-inf, -1) is before every candidate
   int64_t idx = -1;
   for (int64_t r = 0; r < candidates; ++r) {
     next_smallest(indicator + column, -1.f, image_valid, P, key, idx, key, idx);
@@ -123,7 +145,7 @@ __global__ void select_per_gt(Params prm, const int64_t* num_gts, const uint8_t*
     total = add_rn(total, -key);
   }
   const int64_t k = min(simota::dynamic_k_of_sum(total), static_cast<int64_t>(num_valid[b]));
-  key = -FLT_MAX;
+  key = -INFINITY;
   idx = -1;
   for (int64_t r = 0; r < k; ++r) {
     next_smallest(cost + column, 1.f, image_valid, P, key, idx, key, idx);
@@ -141,17 +163,17 @@ __global__ void resolve_priors(Params prm, const int64_t* num_gts, const int64_t
                                int64_t* labels) {
   const int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
   if (i >= B * prm.P) return;
-  const int64_t b = i / prm.P, p = i % prm.P, num_gt = num_gts[b];
+  const int64_t b = i / prm.P, p = i % prm.P, num_gt = gt_count(num_gts, b, prm.G);
   gt_inds[i] = 0;
   labels[i] = -1;
   overlaps[i] = (num_gt == 0 || num_valid[b] == 0) ? 0.f : -simota::kInf;  // stock: zeros for empty images
   if (times_picked[i] == 0) return;
   int64_t g = picked_by[i];
-  if (times_picked[i] > 1) {  // argmin of the full cost row, first index on ties (torch.min)
+  if (times_picked[i] > 1) {  // argmin of the full cost row (common/simota_math.h)
     const float* column = cost + b * prm.G * prm.P + p;
-    g = 0;
-    for (int64_t h = 1; h < num_gt; ++h) {
-      if (column[h * prm.P] < column[g * prm.P]) g = h;
+    g = -1;
+    for (int64_t h = 0; h < num_gt; ++h) {
+      if (simota::beats_best_cost(column[h * prm.P], g < 0 ? 0.f : column[g * prm.P], g >= 0)) g = h;
     }
   }
   gt_inds[i] = g + 1;
@@ -172,7 +194,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> simota_assign_cuda(
       gt_keypoints, gt_keypoints_visible, gt_areas, sigmas, center_radius, candidate_topk, iou_weight, cls_weight,
       oks_weight, vis_weight, dynamic_k_indicator, use_keypoints_for_center);
   const c10::cuda::CUDAGuard guard(priors.device());
-  check_simota_assign_values(num_gts, gt_labels, prm.C);  // the one host sync of the op
   const int64_t B = pred_bboxes.size(0), P = prm.P, G = prm.G;
   auto gt_inds = at::empty({B, P}, gt_labels.options());
   auto overlaps = at::empty({B, P}, priors.options());
@@ -193,22 +214,22 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> simota_assign_cuda(
   auto stream = at::cuda::getCurrentCUDAStream();
 
   if (B * G > 0) {
-    prepare_gts<<<blocks_for(B * G), kThreads, 0, stream>>>(batch.base, prm, gts, B);
+    prepare_gts<<<grid_of(B * G, kThreads, "gts"), kThreads, 0, stream>>>(batch.base, prm, gts, B);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   }
-  mark_valid<<<blocks_for(B * P), kThreads, 0, stream>>>(batch.base, prm, gts, B, valid.data_ptr<uint8_t>(),
+  mark_valid<<<grid_of(B * P, kThreads, "priors"), kThreads, 0, stream>>>(batch.base, prm, gts, B, valid.data_ptr<uint8_t>(),
                                                           num_valid.data_ptr<int>());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   if (B * G > 0) {
-    pair_costs<<<blocks_for(B * G * P), kThreads, 0, stream>>>(batch.base, prm, gts, B, valid.data_ptr<uint8_t>(),
+    pair_costs<<<grid_of(B * G * P, kThreads, "(gt, prior) pairs"), kThreads, 0, stream>>>(batch.base, prm, gts, B, valid.data_ptr<uint8_t>(),
                                                                 cost.data_ptr<float>(), indicator.data_ptr<float>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
-    select_per_gt<<<static_cast<unsigned>(B * G), kSelectThreads, 0, stream>>>(
+    select_per_gt<<<grid_of(B * G, 1, "gts"), kSelectThreads, 0, stream>>>(
         prm, gts, valid.data_ptr<uint8_t>(), num_valid.data_ptr<int>(), cost.data_ptr<float>(),
         indicator.data_ptr<float>(), times_picked.data_ptr<int>(), picked_by.data_ptr<int64_t>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   }
-  resolve_priors<<<blocks_for(B * P), kThreads, 0, stream>>>(
+  resolve_priors<<<grid_of(B * P, kThreads, "priors"), kThreads, 0, stream>>>(
       prm, gts, batch.base.gt_labels, B, num_valid.data_ptr<int>(), times_picked.data_ptr<int>(),
       picked_by.data_ptr<int64_t>(), cost.data_ptr<float>(), indicator.data_ptr<float>(),
       gt_inds.data_ptr<int64_t>(), overlaps.data_ptr<float>(), labels.data_ptr<int64_t>());

@@ -5,6 +5,9 @@
 #include <torch/autograd.h>
 #include <torch/library.h>
 
+#include <cmath>
+#include <limits>
+
 namespace fastops {
 
 namespace {
@@ -34,7 +37,30 @@ void check_class_weight(const at::Tensor& logits, const std::optional<at::Tensor
               w.scalar_type());
 }
 
+// Clamp bounds the accumulation type cannot hold (inf, or above float32's max for float32
+// accumulation) would make -clamp the identity of the max-reduction and exp(-inf - -inf) NaN.
+void check_clamp(double clamp, const at::Tensor& logits, const char* op) {
+  const double limit = loss_dtype(logits) == at::kDouble ? std::numeric_limits<double>::max()
+                                                        : std::numeric_limits<float>::max();
+  TORCH_CHECK(clamp > 0 && clamp <= limit, op, ": clamp must be a finite positive number representable in ",
+              loss_dtype(logits), " (at most ", limit, "), got ", clamp);
+}
+
+void check_grad_loss(const at::Tensor& grad_loss, const at::Tensor& logits, at::IntArrayRef expected,
+                     const char* op) {
+  TORCH_CHECK(grad_loss.device() == logits.device(), op, ": grad_loss is on ", grad_loss.device(),
+              " but logits are on ", logits.device());
+  TORCH_CHECK(grad_loss.is_floating_point(), op, ": grad_loss must be floating point, got ",
+              grad_loss.scalar_type());
+  TORCH_CHECK(grad_loss.sizes() == expected, op, ": grad_loss has shape ", grad_loss.sizes(), ", expected ",
+              expected);
+}
+
 }  // namespace
+
+at::ScalarType loss_dtype(const at::Tensor& logits) {
+  return logits.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+}
 
 void check_softmax_args(const at::Tensor& logits, const at::Tensor& labels,
                         const std::optional<at::Tensor>& class_weight, double clamp) {
@@ -49,7 +75,7 @@ void check_softmax_args(const at::Tensor& logits, const at::Tensor& labels,
   TORCH_CHECK(logits.size(1) > 0 || logits.size(0) == 0,
               "safe_cross_entropy: logits must have at least one class");
   check_class_weight(logits, class_weight, "class_weight");
-  TORCH_CHECK(clamp > 0, "safe_cross_entropy: clamp must be positive, got ", clamp);
+  check_clamp(clamp, logits, "safe_cross_entropy");
 }
 
 void check_sigmoid_args(const at::Tensor& logits, const at::Tensor& targets,
@@ -69,18 +95,29 @@ void check_sigmoid_args(const at::Tensor& logits, const at::Tensor& targets,
                 logits.sizes(), ", got ", targets.sizes());
   }
   check_class_weight(logits, pos_weight, "pos_weight");
-  TORCH_CHECK(clamp > 0, "safe_sigmoid_cross_entropy: clamp must be positive, got ", clamp);
+  check_clamp(clamp, logits, "safe_sigmoid_cross_entropy");
 }
 
-void check_grad(const at::Tensor& grad, at::IntArrayRef expected, const char* op) {
-  TORCH_CHECK(grad.sizes() == expected, op, ": grad has shape ", grad.sizes(), ", expected ",
-              expected);
+void check_softmax_backward_args(const at::Tensor& grad_loss, const at::Tensor& lse, const at::Tensor& logits) {
+  const char* op = "safe_cross_entropy_backward";
+  check_grad_loss(grad_loss, logits, {logits.size(0)}, op);
+  TORCH_CHECK(lse.device() == logits.device(), op, ": lse is on ", lse.device(), " but logits are on ",
+              logits.device());
+  TORCH_CHECK(lse.scalar_type() == loss_dtype(logits), op, ": lse must be ", loss_dtype(logits),
+              " (the forward's second output), got ", lse.scalar_type());
+  TORCH_CHECK(lse.sizes() == at::IntArrayRef{logits.size(0)}, op, ": lse has shape ", lse.sizes(), ", expected [",
+              logits.size(0), "]");
+}
+
+void check_sigmoid_backward_args(const at::Tensor& grad_loss, const at::Tensor& logits) {
+  check_grad_loss(grad_loss, logits, logits.sizes(), "safe_sigmoid_cross_entropy_backward");
 }
 
 TORCH_LIBRARY_FRAGMENT(fastops, m) {
   // straight_through is read by autograd only (it selects the backward).
   // loss [N] fp32 (class_weight[label] * (logsumexp(x) - x[label]), 0 where ignored), lse [N] fp32
-  // saved for backward, stats [3] int64 = (num_clamped, num_nan, num_invalid_labels).
+  // saved for backward, stats [2] int64 = (num_clamped, num_nan). Labels outside [0, C) other than
+  // ignore_index raise (CPU) or fail a device-side assert (CUDA), with the same message.
   m.def(
       "safe_cross_entropy(Tensor logits, Tensor labels, Tensor? class_weight, int ignore_index, "
       "float clamp, bool straight_through) -> (Tensor loss, Tensor lse, Tensor stats)");

@@ -11,6 +11,15 @@ void check_softmax_args(const at::Tensor& logits, const at::Tensor& labels,
                         const std::optional<at::Tensor>& class_weight, double clamp);
 void check_sigmoid_args(const at::Tensor& logits, const at::Tensor& targets,
                         const std::optional<at::Tensor>& pos_weight, double clamp);
-void check_grad(const at::Tensor& grad, at::IntArrayRef expected, const char* op);
+// grad_loss (and lse) of the backward ops: floating point, on the logits' device, of the forward
+// output's shape ([N] softmax, [N, C] sigmoid); lse in the accumulation dtype.
+void check_softmax_backward_args(const at::Tensor& grad_loss, const at::Tensor& lse, const at::Tensor& logits);
+void check_sigmoid_backward_args(const at::Tensor& grad_loss, const at::Tensor& logits);
+
+// The accumulation dtype of the losses: float64 for float64 logits, float32 otherwise.
+at::ScalarType loss_dtype(const at::Tensor& logits);
+
+// The message of an out-of-range label, shared by the CPU check and the CUDA kernel assert.
+#define FASTOPS_LABEL_RANGE_MSG "%s: labels[%lld] = %lld is out of range [0, %lld) and is not ignore_index (%lld)"
 
 }  // namespace fastops

@@ -91,19 +91,6 @@ simota::Params check_simota_assign_args(
   return prm;
 }
 
-void check_simota_assign_values(const at::Tensor& num_gts, const at::Tensor& gt_labels, int64_t num_classes) {
-  const int64_t G = gt_labels.size(1);
-  // labels of padded slots are ignored: mask them before the range check
-  auto slot = at::arange(G, num_gts.options()).unsqueeze(0);
-  auto real = slot < num_gts.unsqueeze(1);
-  auto bad_label = real & ((gt_labels < 0) | (gt_labels >= num_classes));
-  auto flags = at::stack({(num_gts < 0).any(), (num_gts > G).any(), bad_label.any()}).cpu();
-  auto f = flags.accessor<bool, 1>();
-  TORCH_CHECK(!f[0], "simota_assign: num_gts has negative entries");
-  TORCH_CHECK(!f[1], "simota_assign: num_gts has entries above G = ", G, " (the gt padding size)");
-  TORCH_CHECK(!f[2], "simota_assign: gt_labels of real gts must lie in [0, ", num_classes, ")");
-}
-
 namespace {
 
 template <typename T>

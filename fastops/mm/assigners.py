@@ -120,8 +120,9 @@ class FusedSimOTAAssigner(_SimOTASettings):
             dict with ``num_gts`` [B] int64 and ``gt_inds``, ``max_overlaps``, ``labels`` of shape [B, P].
         """
         device = bboxes.device
-        num_gts = torch.tensor([len(gt.bboxes) for gt in batch_gt_instances], dtype=torch.long, device=device)
-        max_gts = max(int(num_gts.max()) if len(batch_gt_instances) else 0, 1)
+        counts = [len(gt.bboxes) for gt in batch_gt_instances]  # host ints: no device read-back
+        num_gts = torch.tensor(counts, dtype=torch.long).to(device, non_blocking=True)
+        max_gts = max(counts + [1])
         gt_inds, max_overlaps, labels = simota_assign(
             priors.detach().float(), bboxes.detach().float(), scores.detach().float(),
             _pad([gt.bboxes for gt in batch_gt_instances], max_gts, device),

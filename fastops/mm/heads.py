@@ -18,6 +18,7 @@ from mmpose.structures.bbox import bbox_xyxy2cs
 from torch import Tensor
 
 from fastops.mm.assigners import FusedSimOTAAssigner
+from fastops.mm.counters import DeferredCounters
 from fastops.mm.losses import LogMLECCLoss
 from fastops.ops.mlecc_loss import STOCK_FLOOR, mlecc_loss_from_logits
 from fastops.reference.mlecc_loss import reduce_mlecc
@@ -104,6 +105,7 @@ class FastRTMOHead(RTMOHead):
             raise ValueError('FastRTMOHead: an assigner config (SimOTAAssigner) is required')
         super().__init__(*args, assigner=_fused_assigner_cfg(assigner), **kwargs)
         _fuse_swish(self.head_module)
+        self._mle_counters = DeferredCounters(LogMLECCLoss._report_invalid)
 
     # ------------------------------------------------------------------ targets
 
@@ -326,7 +328,7 @@ class FastRTMOHead(RTMOHead):
         per_keypoint, num_invalid = mlecc_loss_from_logits(
             logits_x.float(), logits_y.float(), kpt_targets.float(), bbox_cs.float(), sigmas.float(),
             pos_areas.float(), floor=floor, x_bins=dcc.x_bins.float(), y_bins=dcc.y_bins.float())
-        LogMLECCLoss._report_invalid(num_invalid)
+        self._mle_counters.push(num_invalid=num_invalid)
         loss = reduce_mlecc(per_keypoint, vis_targets, self.loss_mle.use_target_weight, self.loss_mle.reduction,
                             self.loss_mle.loss_weight)
         return loss, (logits_x, logits_y)

@@ -8,6 +8,7 @@ from mmengine.logging import MessageHub, print_log
 from mmpose.registry import MODELS as MMPOSE_MODELS
 
 import fastops
+from fastops.mm.counters import DeferredCounters
 from fastops.ops.mlecc_loss import mlecc_loss_from_probs
 from fastops.ops.safe_cross_entropy import CLAMP_GRAD_MODES, safe_cross_entropy, safe_sigmoid_cross_entropy
 from fastops.reference.mlecc_loss import reduce_mlecc
@@ -24,7 +25,8 @@ class SafeCrossEntropyLoss(CrossEntropyLoss):
         clamp (float): logits, ±inf included, are clamped to ``[-clamp, clamp]`` before the loss.
         clamp_grad (str): ``'zero'`` (torch.clamp's gradient) or ``'straight_through'``.
         log_key (str): MessageHub key under ``train/`` for the number of clamped logits per call
-            (shown in the training log); NaN logits go to ``train/<log_key>_nan``.
+            (shown in the training log); NaN logits go to ``train/<log_key>_nan``. On CUDA the
+            counts reach the MessageHub without a host sync, usually one iteration late.
     """
 
     def __init__(self, use_sigmoid=False, use_mask=False, reduction='mean', class_weight=None,
@@ -40,6 +42,7 @@ class SafeCrossEntropyLoss(CrossEntropyLoss):
         self.clamp = float(clamp)
         self.clamp_grad = clamp_grad
         self.log_key = log_key
+        self._counters = DeferredCounters(self._log_counts)
         if use_sigmoid:
             self.cls_criterion = self._binary_cross_entropy
         elif not use_mask:
@@ -48,19 +51,19 @@ class SafeCrossEntropyLoss(CrossEntropyLoss):
     def extra_repr(self):
         return f'{super().extra_repr()}, clamp={self.clamp}, clamp_grad={self.clamp_grad!r}'
 
-    def _log_counts(self, num_clamped, num_nan):
+    def _log_counts(self, counts):
         hub = MessageHub.get_current_instance()
-        hub.update_scalar(f'train/{self.log_key}', int(num_clamped))
-        hub.update_scalar(f'train/{self.log_key}_nan', int(num_nan))
+        hub.update_scalar(f'train/{self.log_key}', counts['num_clamped'])
+        hub.update_scalar(f'train/{self.log_key}_nan', counts['num_nan'])
 
     def _cross_entropy(self, pred, label, weight=None, reduction='mean', avg_factor=None,
                        class_weight=None, ignore_index=-100, avg_non_ignore=False):
         ignore_index = -100 if ignore_index is None else ignore_index
         loss, num_clamped, num_nan = safe_cross_entropy(pred, label, class_weight, ignore_index,
                                                         self.clamp, self.clamp_grad)
-        self._log_counts(num_clamped, num_nan)
+        self._counters.push(num_clamped=num_clamped, num_nan=num_nan)
         if avg_factor is None and avg_non_ignore and reduction == 'mean':
-            avg_factor = label.numel() - (label == ignore_index).sum().item()
+            avg_factor = label.numel() - (label == ignore_index).sum()  # a tensor: no host sync
         if weight is not None:
             weight = weight.float()
         return weight_reduce_loss(loss, weight=weight, reduction=reduction, avg_factor=avg_factor)
@@ -83,9 +86,9 @@ class SafeCrossEntropyLoss(CrossEntropyLoss):
             num_valid = valid.sum()
         loss, num_clamped, num_nan = safe_sigmoid_cross_entropy(logits, targets, class_weight, ignore_index,
                                                                 self.clamp, self.clamp_grad)
-        self._log_counts(num_clamped, num_nan)
+        self._counters.push(num_clamped=num_clamped, num_nan=num_nan)
         if avg_factor is None and avg_non_ignore and reduction == 'mean':
-            avg_factor = num_valid.item()
+            avg_factor = num_valid
         return weight_reduce_loss(loss.view_as(pred), weight.reshape(pred.shape), reduction=reduction,
                                   avg_factor=avg_factor)
 
@@ -108,7 +111,7 @@ class LogMLECCLoss(nn.Module):
 
     Non-finite inputs are not silently zeroed as in stock: the affected keypoints contribute 0 and
     are counted; the count is pushed to mmengine's MessageHub as ``train/mlecc_nonfinite`` (and
-    warned about); in debug mode (``fastops.set_debug(True)``) they raise, naming the index.
+    warned about; on CUDA without a host sync, usually one iteration late); in debug mode (``fastops.set_debug(True)``) they raise, naming the index.
     Half/bfloat16 heatmaps are computed in float32.
 
     Args:
@@ -132,6 +135,7 @@ class LogMLECCLoss(nn.Module):
         self.use_target_weight = use_target_weight
         self.loss_weight = loss_weight
         self.floor = floor
+        self._counters = DeferredCounters(self._report_invalid)
 
     def forward(self, outputs, targets, target_weight=None):
         """Per-instance loss ``[N]`` ('mean'/'sum') or per-keypoint ``[N, K]`` ('none').
@@ -146,7 +150,7 @@ class LogMLECCLoss(nn.Module):
             loss, num_invalid = self._log_likelihood_loss(outputs, targets)
         else:
             loss, num_invalid = self._linear_loss(outputs, targets)
-        self._report_invalid(num_invalid)
+        self._counters.push(num_invalid=num_invalid)
         return reduce_mlecc(loss, target_weight, self.use_target_weight, self.reduction,
                             self.loss_weight)
 
@@ -173,8 +177,8 @@ class LogMLECCLoss(nn.Module):
         return torch.where(finite, loss, torch.zeros_like(loss)), num_invalid
 
     @staticmethod
-    def _report_invalid(num_invalid):
-        count = int(num_invalid)
+    def _report_invalid(counts):
+        count = counts['num_invalid']
         MessageHub.get_current_instance().update_scalar('train/mlecc_nonfinite', count)
         if count:
             print_log(f'LogMLECCLoss: {count} keypoints with non-finite inputs contribute 0 to the loss',

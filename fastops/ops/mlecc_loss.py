@@ -22,6 +22,8 @@ inputs are non-finite (or, for probabilities, negative) contribute 0 loss and 0 
 import torch
 
 from .. import debug_enabled
+from ..reference import mlecc_loss as reference
+from ._dispatch import has_kernel
 
 __all__ = ["mlecc_loss_from_probs", "mlecc_loss_from_logits"]
 
@@ -50,8 +52,14 @@ def mlecc_loss_from_probs(pred_x, pred_y, target_x, target_y, weight=None, floor
         ValueError: in debug mode, naming the first (instance, keypoint) with non-finite or
             negative inputs. RuntimeError: bad shapes, dtypes or devices (names the argument).
     """
-    loss, num_invalid = torch.ops.fastops.mlecc_loss_from_probs(
-        pred_x, pred_y, target_x, target_y, weight, float(floor))
+    if has_kernel(pred_x.device):
+        loss, num_invalid = torch.ops.fastops.mlecc_loss_from_probs(
+            pred_x, pred_y, target_x, target_y, weight, float(floor))
+    else:
+        loss, num_invalid = _zero_invalid_rows(
+            reference.mlecc_loss_from_probs(pred_x, pred_y, target_x, target_y, weight, floor),
+            _invalid_rows_probs(pred_x=pred_x, pred_y=pred_y, target_x=target_x, target_y=target_y,
+                                weight=weight))
     if debug_enabled():
         _raise_on_invalid("mlecc_loss_from_probs", num_invalid, _invalid_rows_probs(
             pred_x=pred_x, pred_y=pred_y, target_x=target_x, target_y=target_y, weight=weight))
@@ -94,8 +102,14 @@ def mlecc_loss_from_logits(logits_x, logits_y, keypoints, bbox_cs, sigmas, areas
     """
     x_bins = _default_bins(logits_x) if x_bins is None else x_bins
     y_bins = _default_bins(logits_y) if y_bins is None else y_bins
-    loss, num_invalid, _ = torch.ops.fastops.mlecc_loss_from_logits(
-        logits_x, logits_y, keypoints, bbox_cs, sigmas, areas, weight, x_bins, y_bins, float(floor))
+    if has_kernel(logits_x.device):
+        loss, num_invalid, _ = torch.ops.fastops.mlecc_loss_from_logits(
+            logits_x, logits_y, keypoints, bbox_cs, sigmas, areas, weight, x_bins, y_bins, float(floor))
+    else:
+        loss, num_invalid = _zero_invalid_rows(
+            reference.mlecc_loss_from_logits(logits_x, logits_y, keypoints, bbox_cs, sigmas, areas, weight,
+                                             floor, x_bins, y_bins),
+            _invalid_rows_logits(logits_x, logits_y, keypoints, bbox_cs, sigmas, areas, weight))
     if debug_enabled():
         _raise_on_invalid("mlecc_loss_from_logits", num_invalid, _invalid_rows_logits(
             logits_x=logits_x, logits_y=logits_y, keypoints=keypoints, bbox_cs=bbox_cs,
@@ -103,11 +117,20 @@ def mlecc_loss_from_logits(logits_x, logits_y, keypoints, bbox_cs, sigmas, areas
     return loss, num_invalid
 
 
+def _zero_invalid_rows(loss, masks):
+    """The kernels' contract on the reference fallback (devices without a kernel): 0 loss and 0
+    gradient on invalid rows, which are counted."""
+    invalid = torch.zeros_like(loss, dtype=torch.bool)
+    for mask in masks.values():
+        invalid = invalid | mask
+    return loss.masked_fill(invalid, 0), invalid.sum()
+
+
 def _default_bins(logits):
     return torch.linspace(-0.5, 0.5, logits.shape[-1], dtype=logits.dtype, device=logits.device)
 
 
-# ----------------------------------------------------------------------------- debug mode
+# ----------------------------------------------------------------------------- invalid rows
 
 
 def _invalid_rows_probs(**tensors):
@@ -162,8 +185,7 @@ def _(pred_x, pred_y, target_x, target_y, weight, floor):
 
 @torch.library.register_fake("fastops::mlecc_loss_from_probs_backward")
 def _(grad_loss, pred_x, pred_y, target_x, target_y, weight, floor):
-    return (torch.empty_like(pred_x), torch.empty_like(pred_y),
-            torch.empty_like(target_x), torch.empty_like(target_y))
+    return tuple(t.new_empty(t.shape) for t in (pred_x, pred_y, target_x, target_y))  # contiguous, as the kernels
 
 
 @torch.library.register_fake("fastops::mlecc_loss_from_logits")
@@ -176,8 +198,7 @@ def _(logits_x, logits_y, keypoints, bbox_cs, sigmas, areas, weight, x_bins, y_b
 @torch.library.register_fake("fastops::mlecc_loss_from_logits_backward")
 def _(grad_loss, logits_x, logits_y, keypoints, bbox_cs, sigmas, areas, weight, x_bins, y_bins,
       row_stats, floor):
-    return (torch.empty_like(logits_x), torch.empty_like(logits_y), torch.empty_like(sigmas),
-            torch.empty_like(bbox_cs))
+    return tuple(t.new_empty(t.shape) for t in (logits_x, logits_y, sigmas, bbox_cs))
 
 
 # ----------------------------------------------------------------------------- autograd

@@ -28,14 +28,25 @@ def _straight_through(clamp_grad: str) -> bool:
     return clamp_grad == "straight_through"
 
 
-def _report(stats: Tensor, device: torch.device) -> SafeCrossEntropyResult:
-    """Raises on invalid labels found on the GPU (CPU raises in the kernel) and, in debug mode, on NaN."""
-    if not is_compiling():
-        if device.type != "cpu" and int(stats[2]) > 0:
-            raise ValueError(f"labels: {int(stats[2])} labels are out of range and not ignore_index")
-        if fastops.debug_enabled() and int(stats[1]) > 0:
-            raise FloatingPointError(f"logits: {int(stats[1])} NaN values (fastops debug mode)")
-    return stats[0], stats[1]
+def _check_clamp(op: str, clamp: float, logits: Tensor) -> None:
+    """The op's own check (csrc/ops/safe_cross_entropy.cpp), for the reference fallback."""
+    dtype = _loss_dtype(logits)
+    if not 0 < clamp <= torch.finfo(dtype).max:
+        raise RuntimeError(f"{op}: clamp must be a finite positive number representable in {dtype} "
+                           f"(at most {torch.finfo(dtype).max}), got {clamp}")
+
+
+def _debug_checks(op: str, logits: Tensor, labels: Optional[Tensor], num_classes: int, ignore_index: int) -> None:
+    """Debug mode only (host syncs): the CPU kernel's label error on every device, then NaN logits."""
+    if labels is not None and labels.dtype == torch.int64:
+        bad = ((labels != ignore_index) & ((labels < 0) | (labels >= num_classes))).nonzero()
+        if len(bad):
+            row = int(bad[0, 0])
+            raise RuntimeError(f"{op}: labels[{row}] = {int(labels[row])} is out of range [0, {num_classes}) "
+                               f"and is not ignore_index ({ignore_index})")
+    num_nan = int(torch.isnan(logits).sum())
+    if num_nan:
+        raise FloatingPointError(f"{op}: logits has {num_nan} NaN values (fastops debug mode)")
 
 
 def safe_cross_entropy(logits: Tensor, labels: Tensor, class_weight: Optional[Tensor] = None,
@@ -57,16 +68,26 @@ def safe_cross_entropy(logits: Tensor, labels: Tensor, class_weight: Optional[Te
 
     Returns:
         ``(loss [N] fp32, num_clamped, num_nan)``: the counts are int64 scalars on the logits'
-        device. NaN logits make their row's loss NaN and are counted; in debug mode
-        (:func:`fastops.set_debug`) they raise instead.
+        device, never read back by fastops (no host sync). NaN logits make their row's loss NaN and
+        are counted; in debug mode (:func:`fastops.set_debug`) they raise instead.
+
+    Raises:
+        RuntimeError: a label out of range — on CPU from the op, on CUDA as a device-side assert
+            with the same message (as ``F.cross_entropy``; the error surfaces at the next
+            synchronisation); in debug mode on every device before the kernel runs.
+        RuntimeError: ``clamp`` not finite and positive. ValueError: ``clamp_grad`` unknown.
     """
     straight_through = _straight_through(clamp_grad)
     check_same_device("safe_cross_entropy", "logits", logits, labels=labels, class_weight=class_weight)
+    if fastops.debug_enabled() and not is_compiling():
+        _debug_checks("safe_cross_entropy", logits, labels, logits.shape[-1], ignore_index)
     if not has_kernel(logits.device):
-        return reference.safe_cross_entropy(logits, labels, class_weight, ignore_index, clamp, clamp_grad)
+        _check_clamp("safe_cross_entropy", clamp, logits)
+        return SafeCrossEntropyResult(*reference.safe_cross_entropy(logits, labels, class_weight, ignore_index,
+                                                                    clamp, clamp_grad))
     loss, _, stats = torch.ops.fastops.safe_cross_entropy(
         logits, labels, class_weight, ignore_index, clamp, straight_through)
-    return SafeCrossEntropyResult(loss, *_report(stats, logits.device))
+    return SafeCrossEntropyResult(loss, stats[0], stats[1])
 
 
 def safe_sigmoid_cross_entropy(logits: Tensor, targets: Tensor, pos_weight: Optional[Tensor] = None,
@@ -87,12 +108,15 @@ def safe_sigmoid_cross_entropy(logits: Tensor, targets: Tensor, pos_weight: Opti
     """
     straight_through = _straight_through(clamp_grad)
     check_same_device("safe_sigmoid_cross_entropy", "logits", logits, targets=targets, pos_weight=pos_weight)
+    if fastops.debug_enabled() and not is_compiling():
+        _debug_checks("safe_sigmoid_cross_entropy", logits, targets, logits.shape[-1] + 1, ignore_index)
     if not has_kernel(logits.device):
-        return reference.safe_sigmoid_cross_entropy(logits, targets, pos_weight, ignore_index, clamp,
-                                                    clamp_grad)
+        _check_clamp("safe_sigmoid_cross_entropy", clamp, logits)
+        return SafeCrossEntropyResult(*reference.safe_sigmoid_cross_entropy(logits, targets, pos_weight,
+                                                                            ignore_index, clamp, clamp_grad))
     loss, stats = torch.ops.fastops.safe_sigmoid_cross_entropy(
         logits, targets, pos_weight, ignore_index, clamp, straight_through)
-    return SafeCrossEntropyResult(loss, *_report(stats, logits.device))
+    return SafeCrossEntropyResult(loss, stats[0], stats[1])
 
 
 def _loss_dtype(logits: Tensor) -> torch.dtype:
@@ -102,22 +126,22 @@ def _loss_dtype(logits: Tensor) -> torch.dtype:
 @torch.library.register_fake("fastops::safe_cross_entropy")
 def _(logits, labels, class_weight, ignore_index, clamp, straight_through):
     loss = logits.new_empty(logits.shape[:1], dtype=_loss_dtype(logits))
-    return loss, torch.empty_like(loss), logits.new_empty(3, dtype=torch.int64)
+    return loss, torch.empty_like(loss), logits.new_empty(2, dtype=torch.int64)
 
 
 @torch.library.register_fake("fastops::safe_cross_entropy_backward")
 def _(grad_loss, logits, labels, class_weight, lse, ignore_index, clamp, straight_through):
-    return torch.empty_like(logits)
+    return logits.new_empty(logits.shape)  # contiguous, as the kernels return it
 
 
 @torch.library.register_fake("fastops::safe_sigmoid_cross_entropy")
 def _(logits, targets, pos_weight, ignore_index, clamp, straight_through):
-    return logits.new_empty(logits.shape, dtype=_loss_dtype(logits)), logits.new_empty(3, dtype=torch.int64)
+    return logits.new_empty(logits.shape, dtype=_loss_dtype(logits)), logits.new_empty(2, dtype=torch.int64)
 
 
 @torch.library.register_fake("fastops::safe_sigmoid_cross_entropy_backward")
 def _(grad_loss, logits, targets, pos_weight, ignore_index, clamp, straight_through):
-    return torch.empty_like(logits)
+    return logits.new_empty(logits.shape)
 
 
 # Autograd of both ops: csrc/ops/safe_cross_entropy.cpp (C++, for the per-call cost on small N).

@@ -3,6 +3,11 @@
 Batched signature of :func:`fastops.simota_assign`; images are processed one by one with the
 stock formulas, materialising the [P, G] matrices (and [P, G, K] for OKS) like the stock code.
 Ties in the per-gt top-k are broken towards the lower prior index (a stable sort).
+
+Non-finite values follow the kernels' rule (stock torch.topk / argmin would take NaN first): a NaN
+cost or indicator is never picked — not among a gt's top-k candidates (so it does not count toward
+dynamic_k), not among its dynamic_k cheapest priors, not as a conflict's winner; ±inf order as
+numbers.
 """
 from typing import Optional, Tuple
 
@@ -12,6 +17,7 @@ from torch import Tensor
 
 INF = 100000.0
 EPS = 1e-7
+INF_F = float('inf')
 
 
 def _box_iou(boxes: Tensor, gt_boxes: Tensor) -> Tensor:
@@ -105,14 +111,18 @@ def _assign_image(priors, boxes, scores, kpts, kpt_vis, gt_boxes, gt_labels, gt_
 def _dynamic_k_match(cost: Tensor, indicator: Tensor, candidate_topk: int) -> Tuple[Tensor, Tensor]:
     """Per valid prior: matched gt (-1 if none) and the indicator of the match."""
     num_valid, num_gt = cost.shape
-    top = torch.topk(indicator, min(candidate_topk, num_valid), dim=0).values
-    dynamic_ks = torch.clamp(top.sum(0).int(), min=1).clamp(max=num_valid)
-    order = torch.sort(cost, dim=0, stable=True).indices  # ties: lower prior index first
+    # IoU and OKS are >= 0 or NaN: a NaN ranked last as -inf and summed as 0 is a NaN left out
+    top = torch.topk(indicator.nan_to_num(nan=-INF_F), min(candidate_topk, num_valid), dim=0).values
+    top_sum = top.clamp(min=0).sum(0).clamp(max=num_valid)  # min(trunc(s), n) = trunc(min(s, n))
+    dynamic_ks = torch.clamp(top_sum.int(), min=1)
+    order = torch.sort(cost, dim=0, stable=True).indices  # ties: lower prior index first; NaN last
     rank = torch.empty_like(order)
     rank.scatter_(0, order, torch.arange(num_valid, device=cost.device)[:, None].expand(-1, num_gt))
-    matching = rank < dynamic_ks[None]
+    matching = (rank < dynamic_ks[None]) & ~cost.isnan()
     multiple = matching.sum(1) > 1
-    matching[multiple] = F.one_hot(cost[multiple].argmin(1), num_gt).bool()
+    # argmin, first index on ties, NaN never: the stable sort puts NaN after +inf
+    cheapest = torch.sort(cost[multiple], dim=1, stable=True).indices[:, 0]
+    matching[multiple] = F.one_hot(cheapest, num_gt).bool()
     has_match = matching.any(1)
     gt_of_valid = torch.where(has_match, matching.int().argmax(1), -1)
     overlap = (matching * indicator).sum(1)
