@@ -16,7 +16,7 @@ from fastops.reference import mlecc_loss as mlecc_ref
 from fastops.reference.simota_assign import simota_assign_reference
 from conftest import CUDA, requires_cuda
 from simota_cases import RTMO_CONFIG, YOLOX_CONFIG, random_batch
-from test_simota_assign import assert_same_assignment
+from test_simota_assign import _image_instances, assert_same_assignment, metainfo_files  # noqa: F401
 
 INF, NAN = float("inf"), float("nan")
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -255,6 +255,66 @@ def test_cuda_graph_capture_and_replay_of_each_op():
         torch.cuda.synchronize()
         for got, expected in zip(captured, eager):
             torch.testing.assert_close(got, expected, equal_nan=True)
+
+
+def _mm_modules_forward_backward(device, metainfo_files):
+    """SafeCrossEntropyLoss (softmax and sigmoid, avg_non_ignore), LogMLECCLoss and the mmpose
+    FusedSimOTAAssigner's assign_batch, forward + backward, on `device`."""
+    from mmdet.registry import MODELS as MMDET_MODELS
+    from mmpose.registry import MODELS as MMPOSE_MODELS, TASK_UTILS
+    logits = (torch.randn(64, 81, device=device) * 50).half().requires_grad_()
+    labels = torch.randint(0, 81, (64,), device=device)
+    for use_sigmoid in (False, True):
+        loss = MMDET_MODELS.build(dict(type="SafeCrossEntropyLoss", use_sigmoid=use_sigmoid, avg_non_ignore=True))
+        loss(logits, labels).backward()
+    probs = [t.requires_grad_() for t in probs_case(device, k=17)]
+    mle = MMPOSE_MODELS.build(dict(type="LogMLECCLoss", use_target_weight=True))
+    mle(tuple(probs[:2]), tuple(probs[2:]), torch.ones(4, 17, device=device)).sum().backward()
+    assigner = TASK_UTILS.build(dict(RTMO_CONFIG, type="FusedSimOTAAssigner",
+                                     oks_calculator=dict(type="PoseOKS", metainfo=metainfo_files[17])))
+    args, kwargs = random_batch(3, 256, [4, 0, 2], num_keypoints=17)
+    args, kwargs = [t.to(device) for t in args], {name: t.to(device) for name, t in kwargs.items()}
+    gts = [_image_instances(args, kwargs, b)[1] for b in range(3)]
+    return assigner.assign_batch(args[0], args[1], args[2], kwargs["pred_keypoints"],
+                                 kwargs["pred_keypoints_visible"], gts)
+
+
+@pytest.fixture
+def mm_stack(metainfo_files):
+    pytest.importorskip("mmpose")
+    pytest.importorskip("mmdet")
+    import fastops.mm  # noqa: F401  (registers the drop-ins)
+    return metainfo_files
+
+
+def test_mm_counters_reach_the_message_hub_at_once_on_cpu(mm_stack):
+    from mmengine.logging import MessageHub
+    from mmdet.registry import MODELS
+    logits = torch.randn(8, 5)
+    logits[0, :3] = INF
+    MODELS.build(dict(type="SafeCrossEntropyLoss", log_key="hardening_clamped"))(logits, torch.zeros(8).long())
+    assert MessageHub.get_current_instance().get_scalar("train/hardening_clamped").current() == 3
+
+
+def test_mm_modules_sync_free_path_runs_on_cpu(mm_stack):
+    result = _mm_modules_forward_backward("cpu", mm_stack)
+    assert result["gt_inds"].shape == (3, 320) and torch.equal(result["num_gts"], torch.tensor([4, 0, 2]))
+
+
+@requires_cuda
+def test_mm_modules_make_no_host_sync_and_log_one_call_late(mm_stack):
+    from mmengine.logging import MessageHub
+    _mm_modules_forward_backward("cuda", mm_stack)  # warm-up
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        _mm_modules_forward_backward("cuda", mm_stack)
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+    torch.cuda.synchronize()
+    _mm_modules_forward_backward("cuda", mm_stack)  # emits the counts of the calls before
+    hub = MessageHub.get_current_instance()
+    assert hub.get_scalar("train/num_clamped").current() > 0
+    assert hub.get_scalar("train/mlecc_nonfinite").current() == 0
 
 
 # --------------------------------------------------------------------- 5. invalid labels, same error everywhere
