@@ -436,3 +436,16 @@ def test_repo_configs_pass_cleanly(path):
     nproc, batch = (int(launch[1]), int(launch[2])) if launch else (1, None)
     _, findings = doctor.examine(path, nproc, batch)
     assert findings == []
+
+
+FASTOPS_POSE_CONFIGS = sorted(glob.glob(os.path.join(REPO, "configs", "rtmo", "*.py"))
+                              + glob.glob(os.path.join(REPO, "configs", "yoloxpose", "*.py")))
+
+
+@pytest.mark.parametrize("config", FASTOPS_POSE_CONFIGS, ids=os.path.basename)
+def test_fastops_pose_configs_are_clean_at_their_published_launch(config):
+    needs("mmpose::")
+    nproc, batch = re.search(r"_(\d+)xb(\d+)-", config).groups()
+    target, findings = doctor.examine(config, int(nproc), int(batch))
+    assert findings == []
+    assert target.cfg["model"]["head"]["type"] in ("FastRTMOHead", "FastYOLOXPoseHead")

@@ -1,6 +1,8 @@
-"""``FastRTMOHead``: mmpose's ``RTMOHead`` with batched SimOTA and a logits-space MLE loss.
+"""mmpose pose heads on batched SimOTA: ``FastRTMOHead`` (``RTMOHead``, plus a logits-space MLE
+loss) and ``FastYOLOXPoseHead`` (``YOLOXPoseHead``).
 
-Config change: ``model.head.type='FastRTMOHead'`` (and ``custom_imports=['fastops.mm']``).
+Config change: ``model.head.type='FastRTMOHead'`` / ``'FastYOLOXPoseHead'`` (and
+``custom_imports=['fastops.mm']``).
 """
 import copy
 from typing import List, Optional, Sequence, Tuple
@@ -12,6 +14,7 @@ from mmcv.cnn.bricks.swish import Swish
 from mmdet.utils import reduce_mean
 from mmengine.structures import InstanceData
 from mmpose.models.heads import RTMOHead
+from mmpose.models.heads.hybrid_heads import YOLOXPoseHead
 from mmpose.models.losses import MLECCLoss
 from mmpose.registry import MODELS
 from mmpose.structures.bbox import bbox_xyxy2cs
@@ -31,14 +34,14 @@ OBJECTNESS_LOGIT = 1e4
 MASK_VIS_THR = 0.3
 
 
-def _fused_assigner_cfg(assigner: dict) -> dict:
+def _fused_assigner_cfg(assigner: dict, head: str) -> dict:
     """The assigner config with mmpose's ``SimOTAAssigner`` swapped for ``FusedSimOTAAssigner``
     (same constructor arguments); any other assigner cannot assign a batch in one call."""
     cfg = copy.deepcopy(assigner)
     kind = cfg.get('type')
     kind = kind if isinstance(kind, str) else getattr(kind, '__name__', str(kind))
     if kind.split('.')[-1] not in ('SimOTAAssigner', 'FusedSimOTAAssigner'):
-        raise ValueError(f'FastRTMOHead: assigner must be SimOTAAssigner or FusedSimOTAAssigner, got {kind}')
+        raise ValueError(f'{head}: assigner must be SimOTAAssigner or FusedSimOTAAssigner, got {kind}')
     cfg['type'] = FusedSimOTAAssigner
     return cfg
 
@@ -69,43 +72,20 @@ def _fuse_swish(module: nn.Module) -> None:
             _fuse_swish(child)
 
 
-@MODELS.register_module()
-class FastRTMOHead(RTMOHead):
-    """mmpose 1.3.2 ``RTMOHead`` with the same constructor, outputs and loss keys: two changes of
-    method, and less work for the same functions.
-
-    1. Training targets of the whole batch come from one ``fastops.simota_assign`` call
-       (``FusedSimOTAAssigner.assign_batch``) instead of a Python loop over images; a
-       ``SimOTAAssigner`` config is built as ``FusedSimOTAAssigner`` with the same arguments.
-    2. The MLE loss of the DCC branch comes from ``fastops.mlecc_loss_from_logits``: the DCC
-       softmax, the Laplace target heatmaps and ``MLECCLoss(mode='log')`` are fused in log space,
-       so no heatmap is materialised for autograd. Gradients reach the DCC logits, the sigmas and
-       the predicted boxes (through the bins of the target), as in the stock graph.
-
-    ``loss_mle`` may be mmpose's ``MLECCLoss`` (floor 1e-4) or fastops' ``LogMLECCLoss`` (its
-    ``floor``); its ``loss_weight``, ``use_target_weight`` and ``reduction`` are read at every call,
-    so ``RTMOModeSwitchHook`` (``proxy_target_cc``, ``loss_mle.loss_weight``,
-    ``loss_oks.loss_weight``) works as with the stock head. Any other MLE loss, or a non-log
-    ``mode``, runs the stock heatmap path. With ``proxy_target_cc`` the DCC keypoints are decoded
-    from the softmax under ``no_grad`` (they are detached targets in stock too).
-
-    The rest computes the same functions with less work; results agree up to float rounding.
-    In ``loss()``: ``out_pose`` runs on the positive priors only (the loss reads no other pose
-    vector); the DCC's bin-encoding adapters act on the 17 keypoint features instead of the
-    192 + 256 bins (``_dcc_logits``); on CPU the head convolutions run in channels-last layout
-    (``channels_last_on_cpu``, default True: oneDNN's backward of the pose branch's grouped 3x3
-    convolutions is several times slower in NCHW). Everywhere: mmcv's ``Swish`` becomes
-    ``nn.SiLU``. Set ``channels_last_on_cpu`` to False to time without the layout change.
-    """
-
-    channels_last_on_cpu = True
+class BatchedPoseTargets:
+    """The training targets of mmpose's ``YOLOXPoseHead`` family (``RTMOHead`` too) from one
+    ``fastops.simota_assign`` call for the whole batch (``FusedSimOTAAssigner.assign_batch``)
+    instead of a Python loop over images, with the stock ``_get_targets`` contract; a
+    ``SimOTAAssigner`` config is built as ``FusedSimOTAAssigner`` with the same arguments. Also
+    replaces mmcv's ``Swish`` by ``nn.SiLU`` (the same function, one fused kernel). Mixed in
+    before the stock head class."""
 
     def __init__(self, *args, assigner: Optional[dict] = None, **kwargs):
+        name = type(self).__name__
         if assigner is None:
-            raise ValueError('FastRTMOHead: an assigner config (SimOTAAssigner) is required')
-        super().__init__(*args, assigner=_fused_assigner_cfg(assigner), **kwargs)
+            raise ValueError(f'{name}: an assigner config (SimOTAAssigner) is required')
+        super().__init__(*args, assigner=_fused_assigner_cfg(assigner, name), **kwargs)
         _fuse_swish(self.head_module)
-        self._mle_counters = DeferredCounters(LogMLECCLoss._report_invalid)
 
     # ------------------------------------------------------------------ targets
 
@@ -115,7 +95,7 @@ class FastRTMOHead(RTMOHead):
                      batch_data_samples: List) -> tuple:
         """Stock ``_get_targets`` contract (same tuple, same order of positives: image-major,
         then prior index) from one batched assignment. ``group_indices`` is returned as ``None``:
-        RTMO's loss does not use it."""
+        the losses of both heads do not use it."""
         scores = self._assigner_scores(batch_cls_scores, batch_objectness)
         kpt_vis = batch_kpt_vis.clip(-LOGIT_CLIP, LOGIT_CLIP).sigmoid()
         batch_gts = [sample.gt_instance_labels for sample in batch_data_samples]
@@ -193,6 +173,41 @@ class FastRTMOHead(RTMOHead):
         size = bboxes[:, 2:] - bboxes[:, :2]
         bbox_aux = torch.cat([(centre - xy) / stride, torch.log(size / stride + 1e-8)], dim=-1)
         return bbox_aux, (kpts - xy[:, None]) / stride[:, None]
+
+
+@MODELS.register_module()
+class FastRTMOHead(BatchedPoseTargets, RTMOHead):
+    """mmpose 1.3.2 ``RTMOHead`` with the same constructor, outputs and loss keys: two changes of
+    method, and less work for the same functions.
+
+    1. Training targets of the whole batch come from one ``fastops.simota_assign`` call
+       (``BatchedPoseTargets``, shared with ``FastYOLOXPoseHead``).
+    2. The MLE loss of the DCC branch comes from ``fastops.mlecc_loss_from_logits``: the DCC
+       softmax, the Laplace target heatmaps and ``MLECCLoss(mode='log')`` are fused in log space,
+       so no heatmap is materialised for autograd. Gradients reach the DCC logits, the sigmas and
+       the predicted boxes (through the bins of the target), as in the stock graph.
+
+    ``loss_mle`` may be mmpose's ``MLECCLoss`` (floor 1e-4) or fastops' ``LogMLECCLoss`` (its
+    ``floor``); its ``loss_weight``, ``use_target_weight`` and ``reduction`` are read at every call,
+    so ``RTMOModeSwitchHook`` (``proxy_target_cc``, ``loss_mle.loss_weight``,
+    ``loss_oks.loss_weight``) works as with the stock head. Any other MLE loss, or a non-log
+    ``mode``, runs the stock heatmap path. With ``proxy_target_cc`` the DCC keypoints are decoded
+    from the softmax under ``no_grad`` (they are detached targets in stock too).
+
+    The rest computes the same functions with less work; results agree up to float rounding.
+    In ``loss()``: ``out_pose`` runs on the positive priors only (the loss reads no other pose
+    vector); the DCC's bin-encoding adapters act on the 17 keypoint features instead of the
+    192 + 256 bins (``_dcc_logits``); on CPU the head convolutions run in channels-last layout
+    (``channels_last_on_cpu``, default True: oneDNN's backward of the pose branch's grouped 3x3
+    convolutions is several times slower in NCHW). Everywhere: mmcv's ``Swish`` becomes
+    ``nn.SiLU``. Set ``channels_last_on_cpu`` to False to time without the layout change.
+    """
+
+    channels_last_on_cpu = True
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._mle_counters = DeferredCounters(LogMLECCLoss._report_invalid)
 
     # ------------------------------------------------------------------ loss
 
@@ -359,3 +374,9 @@ class FastRTMOHead(RTMOHead):
         """DCC keypoints (softmax expectation over the bins), used only as detached targets."""
         prob_x, prob_y = self.dcc._apply_softmax(logits_x, logits_y)
         return self.dcc._decode_xy_heatmaps(prob_x, prob_y, bbox_cs)
+
+
+@MODELS.register_module()
+class FastYOLOXPoseHead(BatchedPoseTargets, YOLOXPoseHead):
+    """mmpose 1.3.2 ``YOLOXPoseHead`` with the same constructor, outputs and loss keys, whose
+    training targets come from one batched ``fastops.simota_assign`` call (``BatchedPoseTargets``)."""
