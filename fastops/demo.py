@@ -1,58 +1,101 @@
-"""The main demo: synthetic keypoints, RTMO smoke training on 2 CPU processes with fastops.
+"""The main demo: what fastops changes in an RTMO training run, measured on this machine.
 
-``python -m fastops demo [--work-dir D] [--images N] [--iters N] [--nproc N]`` generates the
-synthetic keypoint set, trains ``configs/smoke/rtmo_smoke.py`` with torchrun (gloo on CPU),
-printing every iteration's losses, times the configured (fastops) assigner against the stock
-``SimOTAAssigner`` on the same batches, and ends with the checkpoint's path.
+``python -m fastops demo [--work-dir D] [--images N] [--iters N]`` generates the synthetic
+keypoint set, then trains the stock RTMO smoke config (``configs/smoke/rtmo_smoke_stock.py``:
+mmpose's ``RTMOHead``) and the fastops one (``configs/smoke/rtmo_smoke.py``: ``FastRTMOHead``)
+from the same seed on the same batches, one iteration of each in turn so that both see the same
+machine load. It prints every iteration's loss of both and the time of a whole training step
+(data preprocessing, forward, backward, optimizer) as median and interquartile range, the
+speed-up, and writes ``demo.png`` (loss and step time vs iteration) into the work dir.
 """
 import argparse
-import glob
-import json
 import os
+import statistics
 import sys
+import time
 
-from . import synth, train
+from mmengine.config import Config
+from mmengine.runner import Runner
+
+from . import synth
+from .train import adapt_to_cpu
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SMOKE_CONFIG = os.path.join(REPO_ROOT, "configs", "smoke", "rtmo_smoke.py")
+SMOKE = os.path.join(REPO_ROOT, "configs", "smoke")
+RUNS = {"stock": os.path.join(SMOKE, "rtmo_smoke_stock.py"), "fastops": os.path.join(SMOKE, "rtmo_smoke.py")}
+LOSS_KEYS = ("loss", "loss_mle", "loss_oks", "loss_cls")
 
 
 def parse_args(argv):
     parser = argparse.ArgumentParser(prog="python -m fastops demo", description=__doc__.split("\n")[0])
     parser.add_argument("--work-dir", default=os.path.join("work_dirs", "demo"))
-    parser.add_argument("--images", type=int, default=64, help="synthetic images (default 64)")
-    parser.add_argument("--iters", type=int, default=40, help="training iterations (default 40)")
-    parser.add_argument("--nproc", type=int, default=2, help="processes (default 2)")
+    parser.add_argument("--images", type=int, default=32, help="synthetic images (default 32)")
+    parser.add_argument("--iters", type=int, default=30, help="training iterations of each run (default 30)")
     return parser.parse_args(argv)
 
 
-def assignment_summary(work_dir) -> str:
-    """Assignment time summed over the ranks' AssignerTimingHook reports."""
-    reports = []
-    for path in sorted(glob.glob(os.path.join(work_dir, "assign_timing_rank*.json"))):
-        with open(path) as f:
-            reports.append(json.load(f))
-    if not reports:
-        return "assignment timing: no report written"
-    calls = sum(r["calls"] for r in reports)
-    configured_ms = 1e3 * sum(r["configured_s"] for r in reports)
-    stock_ms = 1e3 * sum(r["stock_s"] for r in reports)
-    same = sum(r["same_assignment"] for r in reports)
-    speedup = stock_ms / configured_ms if configured_ms > 0 else float("nan")
-    return (f"assignment over {calls} images on {len(reports)} ranks, same batches:\n"
-            f"  {reports[0]['configured']:<22s} {configured_ms:9.1f} ms "
-            f"({configured_ms / max(calls, 1):.2f} ms/image)\n"
-            f"  {'stock SimOTAAssigner':<22s} {stock_ms:9.1f} ms "
-            f"({stock_ms / max(calls, 1):.2f} ms/image)\n"
-            f"  speedup x{speedup:.2f}; identical assignment in {same}/{calls} images")
+class Trainer:
+    """One config's model, optimizer and batches, stepped one iteration at a time."""
+
+    def __init__(self, config: str, work_dir: str, data_dir: str):
+        cfg = Config.fromfile(config)
+        cfg.merge_from_dict({"train_dataloader.dataset.data_root": f"{data_dir}/", "default_hooks.checkpoint": None,
+                             "randomness": dict(seed=0, deterministic=True)})
+        cfg.work_dir, cfg.launcher, cfg.log_level = work_dir, "none", "WARNING"
+        adapt_to_cpu(cfg)
+        runner = Runner.from_cfg(cfg)
+        self.model = runner.model.train()
+        self.optim_wrapper = runner.build_optim_wrapper(cfg.optim_wrapper)
+        self.batches = iter(runner.build_dataloader(cfg.train_dataloader))
+        self.losses, self.step_s = [], []
+
+    def step(self) -> None:
+        batch = next(self.batches)
+        start = time.perf_counter()
+        log_vars = self.model.train_step(batch, self.optim_wrapper)
+        self.step_s.append(time.perf_counter() - start)
+        self.losses.append({key: float(log_vars[key]) for key in LOSS_KEYS if key in log_vars})
 
 
-def loss_table(work_dir) -> str:
-    rows = [f"{'iter':>5s} {'loss':>9s} {'loss_mle':>9s} {'loss_oks':>9s} {'loss_cls':>9s}"]
-    for record in train.training_log(work_dir):
-        rows.append(f"{record['iter']:5d} " + " ".join(
-            f"{record.get(key, float('nan')):9.4f}" for key in ("loss", "loss_mle", "loss_oks", "loss_cls")))
+def median_iqr_ms(seconds) -> tuple:
+    quartiles = statistics.quantiles([1e3 * s for s in seconds], n=4)
+    return quartiles[1], quartiles[2] - quartiles[0]
+
+
+def loss_table(stock: Trainer, fast: Trainer) -> str:
+    header = f"{'iter':>4s} " + " ".join(f"{key + ' ' + run:>17s}" for key in LOSS_KEYS for run in ("stock", "fastops"))
+    rows = [header]
+    for i, (s, f) in enumerate(zip(stock.losses, fast.losses), 1):
+        rows.append(f"{i:4d} " + " ".join(f"{row.get(key, float('nan')):17.4f}" for key in LOSS_KEYS for row in (s, f)))
     return "\n".join(rows)
+
+
+def timing_summary(stock: Trainer, fast: Trainer, warmup: int) -> str:
+    (stock_ms, stock_iqr), (fast_ms, fast_iqr) = (median_iqr_ms(t.step_s[warmup:]) for t in (stock, fast))
+    return (f"training step time over iterations {warmup + 1}-{len(stock.step_s)}, median (IQR):\n"
+            f"  stock RTMOHead    {stock_ms:8.1f} ms ({stock_iqr:.1f})\n"
+            f"  fastops           {fast_ms:8.1f} ms ({fast_iqr:.1f})\n"
+            f"  speed-up of the whole step: x{stock_ms / fast_ms:.2f}")
+
+
+def write_plot(stock: Trainer, fast: Trainer, path: str) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    iters = range(1, len(stock.losses) + 1)
+    fig, (loss_ax, time_ax) = plt.subplots(1, 2, figsize=(11, 4))
+    for name, trainer in (("stock RTMOHead", stock), ("fastops FastRTMOHead", fast)):
+        loss_ax.plot(iters, [row["loss"] for row in trainer.losses], marker=".", label=name)
+        time_ax.plot(iters, [1e3 * s for s in trainer.step_s], marker=".", label=name)
+    loss_ax.set(xlabel="iteration", ylabel="total loss", title="loss (same seed, same batches)")
+    time_ax.set(xlabel="iteration", ylabel="ms", title="training step time")
+    for ax in (loss_ax, time_ax):
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
 
 
 def main(argv=None) -> int:
@@ -61,16 +104,17 @@ def main(argv=None) -> int:
     data_dir = os.path.join(work_dir, "data")
     print(f"[demo] 1/3 synthetic keypoint set: {args.images} images -> {data_dir}", flush=True)
     synth.generate(data_dir, "keypoints", args.images, size=320, seed=0)
-    print(f"[demo] 2/3 training {os.path.relpath(SMOKE_CONFIG)} on {args.nproc} CPU processes",
-          flush=True)
-    returncode = train.main([
-        SMOKE_CONFIG, "--nproc", str(args.nproc), "--cpu", "--work-dir", work_dir, "--time-assigner",
-        "--cfg-options", f"train_dataloader.dataset.data_root={data_dir}/",
-        f"train_cfg.max_iters={args.iters}"])
-    if returncode != 0:
-        print(f"[demo] training failed (exit status {returncode})", file=sys.stderr)
-        return returncode
-    print("[demo] 3/3 results\nper-iteration losses (rank 0):\n" + loss_table(work_dir))
-    print(assignment_summary(work_dir))
-    print(f"checkpoint: {train.latest_checkpoint(work_dir)}")
+    print("[demo] 2/3 training " + " and ".join(os.path.relpath(c) for c in RUNS.values())
+          + f", {args.iters} iterations each, alternating, one CPU process", flush=True)
+    stock, fast = (Trainer(config, os.path.join(work_dir, name), data_dir) for name, config in RUNS.items())
+    for i in range(args.iters):
+        stock.step()
+        fast.step()
+        print(f"  iter {i + 1:3d}/{args.iters}  stock {1e3 * stock.step_s[-1]:7.1f} ms  fastops "
+              f"{1e3 * fast.step_s[-1]:7.1f} ms", flush=True)
+    plot = os.path.join(work_dir, "demo.png")
+    write_plot(stock, fast, plot)
+    print("[demo] 3/3 results\nper-iteration losses:\n" + loss_table(stock, fast))
+    print(timing_summary(stock, fast, warmup=min(2, args.iters - 2)))
+    print(f"plot: {plot}")
     return 0

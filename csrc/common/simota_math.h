@@ -162,8 +162,11 @@ FASTOPS_HD float pair_oks(const ImageData& img, const Params& prm, int64_t p, in
   float sqrt_area = max_f(sqrt_rn(img.gt_areas[g]), kOksEps);
   float oks = 0.f;
   for (int64_t k = 0; k < prm.K; ++k) {
-    if (w[k] == 0.f) continue;  // exp(.) * 0 adds nothing
     float dx = sub_rn(pk[2 * k], gk[2 * k]), dy = sub_rn(pk[2 * k + 1], gk[2 * k + 1]);
+    if (w[k] == 0.f) {  // exp(.) * 0 adds nothing, unless exp(.) is NaN (0 * NaN = NaN, as torch)
+      if (dx != dx || dy != dy) oks = dx + dy;
+      continue;
+    }
     float dist = div_rn(div_rn(sqrt_rn(add_rn(mul_rn(dx, dx), mul_rn(dy, dy))), sqrt_area), mul_rn(img.sigmas[k], 2.f));
     oks = add_rn(oks, mul_rn(exp_f(div_rn(-mul_rn(dist, dist), 2.f)), w[k]));
   }
