@@ -36,9 +36,9 @@ def mmpose_modules():
     return dcc, stock, ours
 
 
-def logits_inputs(n):
+def logits_inputs(n, device=DEVICE):
     """Fresh leaves (gradients to logits, sigmas and bbox_cs as in RTMO) for one round."""
-    case = {name: t.to(DEVICE) for name, t in ref.random_rtmo_case(n, seed=n).items()}
+    case = {name: t.to(device) for name, t in ref.random_rtmo_case(n, seed=n).items()}
     return {name: t.requires_grad_(name in GRAD_INPUTS) for name, t in case.items()}
 
 

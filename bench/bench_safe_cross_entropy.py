@@ -52,7 +52,7 @@ def test_cross_entropy_fwd_bwd(measure, benchmark, impl, shape, dtype, device):
     benchmark.group = f"safe_cross_entropy {shape[0]}x{shape[1]} {dtype} {device}"
     benchmark.extra_info.update(op="safe_cross_entropy", impl=impl, series=f"{impl} {dtype} {device}",
                                 size=shape[0] * shape[1], size_label="N·C",
-                                bytes=_bytes_moved(shape, DTYPES[dtype]))
+                                bytes=bytes_moved(shape, DTYPES[dtype]))
     logits, labels = make_inputs(*shape, DTYPES[dtype], device)
     step = IMPLS[impl]()
 
@@ -63,7 +63,7 @@ def test_cross_entropy_fwd_bwd(measure, benchmark, impl, shape, dtype, device):
     measure(run, torch.device(device), rounds=10 if shape[0] * shape[1] > 1e6 else 30)
 
 
-def _bytes_moved(shape, dtype):
+def bytes_moved(shape, dtype):
     """Minimum traffic of a fused fwd+bwd: read logits twice, write the gradient once, plus labels."""
     n, c = shape
     element = torch.empty((), dtype=dtype).element_size()

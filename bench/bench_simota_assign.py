@@ -14,9 +14,10 @@ import fastops
 from fastops.reference.simota_assign import simota_assign_reference
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..', 'tests'))
-from simota_cases import RTMO_CONFIG, random_batch  # noqa: E402
+from simota_cases import RTMO_CONFIG, batch_to, random_batch  # noqa: E402
 
 BATCH = 32
+SLOW_ROUNDS = 3  # the stock and reference rows (seconds per call at the big workloads)
 STRIDES = {2000: (16, 32), 8400: (8, 16, 32)}  # priors of a 640x640 image
 WORKLOADS = [(p, g) for p in (2000, 8400) for g in (20, 100)]
 
@@ -40,11 +41,6 @@ def _stock_per_image(args, kwargs):
     return lambda: [stock.assign(pred, gt) for pred, gt in images]
 
 
-def _rounds(num_priors, num_gts):
-    """Rounds for the slow (stock, reference) rows: one at the big workloads to keep the run short."""
-    return 3 if num_priors * num_gts <= 2000 * 20 else 1
-
-
 def _label(benchmark, impl, num_priors, num_gts, device='cpu'):
     benchmark.group = f'simota_assign P={num_priors} G={num_gts} {device}'
     benchmark.extra_info.update(op='simota_assign', impl=impl, series=f'{impl} {device}',
@@ -64,14 +60,14 @@ def test_stock_mmpose_per_image(measure, benchmark, num_priors, num_gts):
     import mmpose.models  # noqa: F401  (registers SimOTAAssigner and PoseOKS)
     _label(benchmark, 'mmpose', num_priors, num_gts)
     args, kwargs = _batch(num_priors, num_gts)
-    measure(_stock_per_image(args, kwargs), rounds=_rounds(num_priors, num_gts), warmup_rounds=0)
+    measure(_stock_per_image(args, kwargs), rounds=SLOW_ROUNDS, warmup_rounds=0)
 
 
 @pytest.mark.parametrize('num_priors, num_gts', WORKLOADS)
 def test_reference(measure, benchmark, num_priors, num_gts):
     _label(benchmark, 'reference', num_priors, num_gts)
     args, kwargs = _batch(num_priors, num_gts)
-    measure(lambda: simota_assign_reference(*args, **kwargs, **RTMO_CONFIG), rounds=_rounds(num_priors, num_gts),
+    measure(lambda: simota_assign_reference(*args, **kwargs, **RTMO_CONFIG), rounds=SLOW_ROUNDS,
             warmup_rounds=0)
 
 
@@ -79,8 +75,6 @@ def test_reference(measure, benchmark, num_priors, num_gts):
 @pytest.mark.parametrize('num_priors, num_gts', WORKLOADS)
 def test_fastops_batched_cuda(measure, benchmark, num_priors, num_gts):
     _label(benchmark, 'fastops', num_priors, num_gts, 'cuda')
-    args, kwargs = _batch(num_priors, num_gts)
-    args = [a.cuda() for a in args]
-    kwargs = {k: v.cuda() for k, v in kwargs.items()}
+    args, kwargs = batch_to(*_batch(num_priors, num_gts), 'cuda')
     measure(lambda: fastops.simota_assign(*args, **kwargs, **RTMO_CONFIG), torch.device('cuda'), rounds=20,
             warmup_rounds=2)

@@ -23,6 +23,7 @@ def _malloc_thresholds(mmap_bytes: int) -> None:
 # a process that frees large tensors (a training loop), so freed blocks are reused, not re-faulted.
 MEMORY_MMAP_THRESHOLD = 64 * 1024
 TIMING_MMAP_THRESHOLD = 32 * 1024 * 1024
+MIN_ROUNDS = 3  # every row, stock ones included, so that its min and median mean something
 
 
 def _vm_hwm_kib() -> int:
@@ -61,6 +62,8 @@ def measure(benchmark):
     """measure(fn, device, rounds): times fn with pytest-benchmark and records its peak memory."""
 
     def run(fn, device=torch.device("cpu"), rounds=10, warmup_rounds=1):
+        if rounds < MIN_ROUNDS:
+            raise ValueError(f"a benchmark row needs at least {MIN_ROUNDS} rounds, got {rounds}")
         sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
 
         def call():

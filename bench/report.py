@@ -2,7 +2,9 @@
 
     python bench/report.py out.json > table.md
 
-Ratios are against the group's stock implementation (mmdet, mmpose or stock_*).
+Times are per call: min, median and mean over the rounds. Ratios are of means, against the group's
+stock implementation (mmdet, mmpose or stock_*). GB/s = extra_info bytes / mean time, with its share
+of the device copy bandwidth where the row records one (scripts/gpu_check/cuda_bench.py).
 """
 import argparse
 import json
@@ -32,17 +34,24 @@ def render(data):
         by_impl = {impl_name(b): b for b in benches}
         baseline = stock_of(by_impl)
         base = by_impl.get(baseline)
-        lines += [f"**{group}**", "", f"| impl | mean (ms) | median (ms) | × vs {baseline} (mean) | extra peak mem (MiB) | GB/s |",
-                  "|---|---:|---:|---:|---:|---:|"]
+        ratio_header = f"× vs {baseline} (mean)" if base else "×"
+        lines += [f"**{group}**", "",
+                  f"| impl | min (ms) | median (ms) | mean (ms) | {ratio_header} | extra peak mem (MiB) | GB/s |",
+                  "|---|---:|---:|---:|---:|---:|---:|"]
         for name, bench in sorted(by_impl.items(), key=lambda kv: kv[1]["stats"]["mean"]):
-            mean = bench["stats"]["mean"]
-            ratio = f"{base['stats']['mean'] / mean:.2f}" if base else "n/a"
-            extra = bench.get("extra_info", {})
-            gbps = f"{extra['bytes'] / mean / 1e9:.1f}" if "bytes" in extra else ""
-            median = bench["stats"]["median"]
-            lines.append(f"| {name} | {mean * 1e3:.2f} | {median * 1e3:.2f} | {ratio} | {extra.get('peak_mib', '')} | {gbps} |")
+            stats, extra = bench["stats"], bench.get("extra_info", {})
+            ratio = f"{base['stats']['mean'] / stats['mean']:.2f}" if base else "n/a"
+            times = " | ".join(f"{stats[key] * 1e3:.2f}" for key in ("min", "median", "mean"))
+            lines.append(f"| {name} | {times} | {ratio} | {extra.get('peak_mib', '')} | {bandwidth(stats, extra)} |")
         lines.append("")
     return "\n".join(lines)
+
+
+def bandwidth(stats, extra):
+    if "bytes" not in extra:
+        return ""
+    gbps = f"{extra['bytes'] / stats['mean'] / 1e9:.1f}"
+    return f"{gbps} ({extra['copy_fraction']:.0%} of copy)" if "copy_fraction" in extra else gbps
 
 
 def main():
@@ -51,9 +60,10 @@ def main():
     args = parser.parse_args()
     with open(args.json) as f:
         data = json.load(f)
-    print(f"machine: {data['machine_info'].get('cpu', {}).get('brand_raw', '?')}, "
-          f"{data['machine_info'].get('cpu', {}).get('count', '?')} cores; "
-          f"commit {data.get('commit_info', {}).get('id', '?')[:10]}\n")
+    machine = data["machine_info"]
+    gpu = f"{machine['gpu']}; " if "gpu" in machine else ""
+    print(f"machine: {gpu}{machine.get('cpu', {}).get('brand_raw', '?')}, {machine.get('cpu', {}).get('count', '?')} "
+          f"cores; commit {data.get('commit_info', {}).get('id', '?')[:10]}\n")
     print(render(data))
 
 

@@ -1,4 +1,5 @@
-"""Seeded random SimOTA cases (RTMO-like priors, padded gts) shared by the simota tests and bench."""
+"""Seeded random SimOTA cases (RTMO-like priors, padded gts) and their edge-case variants (non-finite
+predictions, G = 0, B = 0, fewer priors), shared by the simota tests, the benches and scripts/gpu_check."""
 import torch
 
 COCO_SIGMAS = [.026, .025, .025, .035, .035, .079, .079, .072, .072, .062, .062, .107, .107, .087, .087, .089, .089]
@@ -67,3 +68,48 @@ def random_batch(seed: int, size: int, num_gts, num_keypoints=17, num_classes=1,
     sigmas = torch.tensor(COCO_SIGMAS if K == 17 else FIVE_SIGMAS[:K])
     return args, dict(pred_keypoints=pred_kpts, pred_keypoints_visible=torch.rand(batch, num_priors, K, generator=gen),
                       gt_keypoints=gt_kpts, gt_keypoints_visible=gt_vis, gt_areas=gt_areas, sigmas=sigmas)
+
+
+def batch_to(args, kwargs, device):
+    """A (args, kwargs) pair of random_batch with every tensor moved to `device`."""
+    return tuple(a.to(device) for a in args), {name: t.to(device) for name, t in kwargs.items()}
+
+
+PREDICTIONS = ('pred_bboxes', 'pred_scores', 'pred_keypoints', 'pred_keypoints_visible')
+
+
+def with_nonfinite(args, kwargs, seed: int, names=PREDICTIONS, rate: float = 1e-3):
+    """A (args, kwargs) pair of random_batch with about `rate` of the values of the named inputs
+    replaced by NaN, +inf or -inf (seeded)."""
+    gen = torch.Generator().manual_seed(seed)
+
+    def poison(t):
+        hit = torch.rand(t.shape, generator=gen) < rate
+        values = torch.tensor([float('nan'), float('inf'), -float('inf')])
+        poisoned = t.clone()
+        poisoned[hit] = values[torch.randint(0, 3, (int(hit.sum()), ), generator=gen)]
+        return poisoned
+
+    priors, boxes, scores, *gts = args
+    boxes, scores = (poison(t) if name in names else t for name, t in (('pred_bboxes', boxes), ('pred_scores', scores)))
+    return (priors, boxes, scores, *gts), {name: poison(t) if name in names else t for name, t in kwargs.items()}
+
+
+def without_gt_slots(args, kwargs):
+    """The batch with G = 0 (no gt slot at all)."""
+    priors, boxes, scores, gt_boxes, labels, num_gts = args
+    gt_side = {name: t[:, :0] for name, t in kwargs.items() if name.startswith('gt_')}
+    return (priors, boxes, scores, gt_boxes[:, :0], labels[:, :0], torch.zeros_like(num_gts)), {**kwargs, **gt_side}
+
+
+def first_priors(args, kwargs, count: int):
+    """The batch with only its first `count` priors."""
+    priors, boxes, scores, *gts = args
+    pred_side = {name: t[:, :count] for name, t in kwargs.items() if name.startswith('pred_')}
+    return (priors[:count], boxes[:, :count], scores[:, :count], *gts), {**kwargs, **pred_side}
+
+
+def no_images(args, kwargs):
+    """The batch with B = 0."""
+    priors, *batched = args
+    return (priors, *(t[:0] for t in batched)), {name: t if name == 'sigmas' else t[:0] for name, t in kwargs.items()}

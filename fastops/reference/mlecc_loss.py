@@ -64,6 +64,18 @@ def stock_mlecc_elementwise(outputs, targets, mode="log"):
     return torch.where(torch.isnan(loss), torch.zeros_like(loss), loss)
 
 
+def stock_loss_from_logits(logits_x, logits_y, keypoints, bbox_cs, sigmas, areas, weight=None,
+                           x_bins=None, y_bins=None):
+    """RTMO's stock graph per keypoint, with the arguments of ``mlecc_loss_from_logits``: DCC
+    softmax, Laplace target heatmaps (materialised) and ``MLECCLoss(mode='log')``, weighted."""
+    x_bins = base_bins(logits_x.shape[-1], logits_x) if x_bins is None else x_bins
+    y_bins = base_bins(logits_y.shape[-1], logits_y) if y_bins is None else y_bins
+    probs = dcc_softmax(logits_x, logits_y)
+    targets = laplace_target_heatmaps(keypoints, bbox_cs, sigmas, areas, x_bins, y_bins)
+    loss = stock_mlecc_elementwise(probs, targets)
+    return loss if weight is None else loss * weight
+
+
 def reduce_mlecc(loss, target_weight, use_target_weight, reduction, loss_weight):
     """``MLECCLoss``'s weighting and reduction: 'sum'/'mean' over all but the first dim."""
     if use_target_weight:
