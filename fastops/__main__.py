@@ -6,7 +6,7 @@ import sys
 USAGE = """usage: python -m fastops COMMAND [ARGS]
 
 commands:
-  train   train an mmdet/mmpose config on N processes (torchrun; gloo on CPU, nccl on GPU)
+  train   train an mmdet/mmpose config on N processes and M machines (torchrun or Slurm)
   demo    synthetic keypoints + 2-process RTMO smoke training, fastops vs stock assignment time
   synth   write a synthetic COCO-format dataset (keypoints or detection)
   bench   run the benchmarks (pytest bench/ --benchmark-only)
