@@ -21,12 +21,13 @@ BATCH = 2
 
 # Tolerances. Both paths compute the same functions in another float32 order (batched vs
 # per-image targets, the fused log-space MLE loss, SiLU for Swish, channels-last convolutions).
-# Seen on the RTMO run (2-core Xeon, AVX-512): losses <= 4.4e-6 relative (loss_mle; the others
-# <= 3e-7), gradients <= 2.8e-4 of the largest, updates <= ~0.6 in L2 — Adam's sign-like early
-# steps on elements whose gradient is at rounding level. Bounds ~20x, ~7x and ~3x above that.
+# Seen over the 30 iterations (2-core Xeon, AVX-512): losses <= 6.6e-6 relative for RTMO (loss_mle;
+# the other keys <= 2e-7) and <= 1.2e-7 for YOLOX-Pose; gradients <= 5.7e-4 (RTMO) and 7e-7
+# (YOLOX-Pose) of the largest; AdamW updates from the same optimizer state <= 2.9e-3 (RTMO) and
+# 1.7e-5 (YOLOX-Pose) of their L2 norm. The bounds leave ~10x.
 LOSS_TOL = 1e-4
-GRAD_TOL = 2e-3
-UPDATE_TOL = 2.0
+GRAD_TOL = 5e-3
+UPDATE_TOL = 3e-2
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +54,7 @@ def assert_same_training(comparisons, family):
     worst_loss = {key: max(c.loss[key] for c in comparisons) for key in comparisons[0].loss}
     worst_grad, worst_update = max(c.grad for c in comparisons), max(c.weights for c in comparisons)
     print(f"\n{family}, {len(comparisons)} iterations: max loss deviation {worst_loss}; gradients "
-          f"{worst_grad:.1e}; updates {worst_update:.2f}")
+          f"{worst_grad:.1e}; updates {worst_update:.1e}")
     assert all(c.same_assignment for c in comparisons), [i for i, c in enumerate(comparisons) if not c.same_assignment]
     assert max(worst_loss.values()) < LOSS_TOL, worst_loss
     assert worst_grad < GRAD_TOL

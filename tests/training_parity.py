@@ -41,21 +41,33 @@ def load_config(config: str, work_dir, data_dir, options: dict = None) -> Config
     return cfg
 
 
-def _recording(head, probe: Callable, record: list) -> None:
-    """Makes `head._get_targets` append `probe(targets)` (the assignment it made) to `record`."""
-    get_targets = head._get_targets
+class HeadTargetsAssignments:
+    """The assignment each model's ``head._get_targets`` made (``probe`` of its targets tuple;
+    default: the pose heads' foreground mask and matched boxes), compared per iteration."""
 
-    def recorded(*args, **kwargs):
-        targets = get_targets(*args, **kwargs)
-        record.append(probe(targets))
-        return targets
+    def __init__(self, model_s, model_f, probe: Callable = lambda targets: (targets[0], targets[4])):
+        self.stock, self.fast = [], []
+        for model, record in ((model_s, self.stock), (model_f, self.fast)):
+            self._record(model.head, probe, record)
 
-    head._get_targets = recorded
+    @staticmethod
+    def _record(head, probe, record) -> None:
+        get_targets = head._get_targets
 
+        def recorded(*args, **kwargs):
+            targets = get_targets(*args, **kwargs)
+            record.append([t.clone() for t in probe(targets)])
+            return targets
 
-def pose_assignment(targets):
-    """The assignment of the pose heads' ``_get_targets`` tuple: foreground mask, matched boxes."""
-    return targets[0].clone(), targets[4].clone()
+        head._get_targets = recorded
+
+    def same(self) -> bool:
+        return len(self.stock) == len(self.fast) > 0 and all(
+            torch.equal(s, f) for stock, fast in zip(self.stock, self.fast) for s, f in zip(stock, fast))
+
+    def clear(self) -> None:
+        self.stock.clear()
+        self.fast.clear()
 
 
 def _loss_and_grads(model, batch) -> tuple:
@@ -83,7 +95,7 @@ def _step_deviation(model_s, model_f, optim_s, optim_f) -> float:
     update. (Per element it means little: Adam's early steps are ~lr * sign(g), so an element whose
     gradient is at rounding level, e.g. a bias that a BatchNorm cancels, steps by ±lr at random.)"""
     before = {name: p.detach().clone() for name, p in model_s.named_parameters()}
-    optim_f.load_state_dict(optim_s.state_dict())
+    optim_f.load_state_dict(copy.deepcopy(optim_s.state_dict()))  # a copy: loading keeps the tensors
     optim_s.step()
     optim_f.step()
     fast_params = dict(model_f.named_parameters())
@@ -95,32 +107,30 @@ def _step_deviation(model_s, model_f, optim_s, optim_f) -> float:
     return (difference_sq / max(update_sq, 1e-30)) ** 0.5
 
 
-def lockstep(stock_config: str, fast_config: str, work_dir, data_dir, probe: Callable = pose_assignment,
+def lockstep(stock_config: str, fast_config: str, work_dir, data_dir, assignments=HeadTargetsAssignments,
              iters: int = PARITY_ITERS, options: dict = None, fast_options: dict = None) -> List[StepComparison]:
-    """Runs the stock config for `iters` iterations with the fastops model in lock-step;
-    `options` update both configs, `fast_options` (default: `options`) the fastops one."""
+    """Runs the stock config for `iters` iterations with the fastops model in lock-step.
+
+    `options` update both configs, `fast_options` (default: `options`) the fastops one;
+    `assignments(model_s, model_f)` records both models' assignments (``same()``, ``clear()``).
+    """
     runner_s = Runner.from_cfg(load_config(stock_config, work_dir / "stock", data_dir, options))
     runner_f = Runner.from_cfg(load_config(fast_config, work_dir / "fast", data_dir,
                                            options if fast_options is None else fast_options))
-    model_s, model_f = runner_s.model, runner_f.model
-    model_f.load_state_dict(model_s.state_dict())  # same seed already: this only asserts same names
+    model_s, model_f = runner_s.model.train(), runner_f.model.train()
     optim_s = runner_s.build_optim_wrapper(runner_s.cfg.optim_wrapper)
     optim_f = runner_f.build_optim_wrapper(runner_f.cfg.optim_wrapper)
-    assignments_s, assignments_f = [], []
-    _recording(model_s.head, probe, assignments_s)
-    _recording(model_f.head, probe, assignments_f)
-    model_s.train()
-    model_f.train()
+    recorded = assignments(model_s, model_f)
     comparisons = []
     for _, batch in zip(range(iters), runner_s.build_dataloader(runner_s.cfg.train_dataloader)):
         model_f.load_state_dict(model_s.state_dict())
         losses_s, grads_s = _loss_and_grads(model_s, batch)
         losses_f, grads_f = _loss_and_grads(model_f, batch)
         assert losses_s.keys() == losses_f.keys(), (losses_s.keys(), losses_f.keys())
-        same = all(torch.equal(a, b) for a, b in zip(assignments_s[-1], assignments_f[-1]))
         comparisons.append(StepComparison(
             loss={key: _relative(losses_f[key], value) for key, value in losses_s.items()},
             grad=_grad_deviation(grads_s, grads_f),
             weights=_step_deviation(model_s, model_f, optim_s, optim_f),
-            same_assignment=same))
+            same_assignment=recorded.same()))
+        recorded.clear()
     return comparisons

@@ -3,7 +3,7 @@
 Both run :func:`fastops.simota_assign`; a config switches by ``type='FusedSimOTAAssigner'``.
 Each class registers only when its package (mmpose, mmdet) is importable.
 """
-from typing import List, Optional, Sequence
+from typing import List, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor
@@ -25,6 +25,15 @@ def _pad(tensors: Sequence[Tensor], length: int, device) -> Tensor:
     for b, t in enumerate(tensors):
         out[b, :t.size(0)] = t.detach()
     return out
+
+
+def _padded_gts(batch_gt_instances: Sequence, fields: Sequence[str], device) -> Tuple[Tensor, List[Tensor]]:
+    """``num_gts`` [B] int64 and each named gt field stacked into [B, G, ...] float32 with zero padding
+    (G: the most gts of an image, at least 1)."""
+    counts = [len(gt.bboxes) for gt in batch_gt_instances]  # host ints: no device read-back
+    num_gts = torch.tensor(counts, dtype=torch.long).to(device, non_blocking=True)
+    max_gts = max(counts + [1])
+    return num_gts, [_pad([gt.get(field) for gt in batch_gt_instances], max_gts, device) for field in fields]
 
 
 def _empty_assignment(num_priors: int, like: Tensor) -> tuple:
@@ -120,24 +129,21 @@ class FusedSimOTAAssigner(_SimOTASettings):
             dict with ``num_gts`` [B] int64 and ``gt_inds``, ``max_overlaps``, ``labels`` of shape [B, P].
         """
         device = bboxes.device
-        counts = [len(gt.bboxes) for gt in batch_gt_instances]  # host ints: no device read-back
-        num_gts = torch.tensor(counts, dtype=torch.long).to(device, non_blocking=True)
-        max_gts = max(counts + [1])
+        num_gts, (gt_bboxes, gt_labels, gt_keypoints, gt_keypoints_visible, gt_areas) = _padded_gts(
+            batch_gt_instances, ('bboxes', 'labels', 'keypoints', 'keypoints_visible', 'areas'), device)
         gt_inds, max_overlaps, labels = simota_assign(
-            priors.detach().float(), bboxes.detach().float(), scores.detach().float(),
-            _pad([gt.bboxes for gt in batch_gt_instances], max_gts, device),
-            _pad([gt.labels for gt in batch_gt_instances], max_gts, device).long(), num_gts,
-            pred_keypoints=keypoints.detach().float(), pred_keypoints_visible=keypoints_visible.detach().float(),
-            gt_keypoints=_pad([gt.keypoints for gt in batch_gt_instances], max_gts, device),
-            gt_keypoints_visible=_pad([gt.keypoints_visible for gt in batch_gt_instances], max_gts, device),
-            gt_areas=_pad([gt.areas for gt in batch_gt_instances], max_gts, device),
+            priors.detach().float(), bboxes.detach().float(), scores.detach().float(), gt_bboxes, gt_labels.long(),
+            num_gts, pred_keypoints=keypoints.detach().float(),
+            pred_keypoints_visible=keypoints_visible.detach().float(), gt_keypoints=gt_keypoints,
+            gt_keypoints_visible=gt_keypoints_visible, gt_areas=gt_areas,
             sigmas=self._sigmas(keypoints.size(-2), device), **self.op_settings(pose=True))
         return dict(num_gts=num_gts, gt_inds=gt_inds, max_overlaps=max_overlaps, labels=labels)
 
 
 class FusedSimOTAAssignerYOLOX(_SimOTASettings):
     """mmdet 3.3.0 ``SimOTAAssigner`` (YOLOX) on ``fastops.simota_assign``; registered in mmdet's
-    ``TASK_UTILS`` as ``FusedSimOTAAssigner``. Returns mmdet's ``AssignResult``."""
+    ``TASK_UTILS`` as ``FusedSimOTAAssigner``. ``assign()`` returns mmdet's ``AssignResult``;
+    ``assign_batch()`` assigns a padded batch in one call (``FastYOLOXHead``)."""
 
     def __init__(self, center_radius: float = 2.5, candidate_topk: int = 10, iou_weight: float = 3.0,
                  cls_weight: float = 1.0, iou_calculator: dict = dict(type='BBoxOverlaps2D')):
@@ -147,18 +153,33 @@ class FusedSimOTAAssignerYOLOX(_SimOTASettings):
     @torch.no_grad()
     def assign(self, pred_instances, gt_instances, gt_instances_ignore: Optional[object] = None, **kwargs):
         """Same inputs and ``AssignResult`` as the stock YOLOX ``assign`` (ignored gts are unused there too)."""
-        gt_boxes, boxes = gt_instances.bboxes, pred_instances.bboxes
-        num_gt, num_priors = gt_boxes.size(0), boxes.size(0)
+        boxes = pred_instances.bboxes
+        num_gt, num_priors = gt_instances.bboxes.size(0), boxes.size(0)
         if num_gt == 0 or num_priors == 0:
             gt_inds, max_overlaps, labels = _empty_assignment(num_priors, boxes)
         else:
-            result = simota_assign(pred_instances.priors.detach().float(), boxes.detach().float()[None],
-                                   pred_instances.scores.detach().float()[None], gt_boxes.detach().float()[None],
-                                   gt_instances.labels.long()[None],
-                                   torch.tensor([num_gt], dtype=torch.long, device=boxes.device),
-                                   **self.op_settings(pose=False))
-            gt_inds, max_overlaps, labels = (t[0] for t in result)
+            result = self.assign_batch(pred_instances.priors, boxes[None], pred_instances.scores[None], [gt_instances])
+            gt_inds, max_overlaps, labels = (result[key][0] for key in ('gt_inds', 'max_overlaps', 'labels'))
         return AssignResult(num_gt, gt_inds, max_overlaps, labels=labels)
+
+    @torch.no_grad()
+    def assign_batch(self, priors: Tensor, bboxes: Tensor, scores: Tensor, batch_gt_instances: List) -> dict:
+        """Assign a batch at once.
+
+        Args:
+            priors: [P, 4] shared priors; bboxes [B, P, 4]; scores [B, P, C]: the per-image fields of
+                the stock ``pred_instances``.
+            batch_gt_instances: B ``InstanceData`` with bboxes and labels.
+
+        Returns:
+            dict with ``num_gts`` [B] int64 and ``gt_inds``, ``max_overlaps``, ``labels`` of shape [B, P]
+            (``AssignResult``'s fields of each image).
+        """
+        num_gts, (gt_bboxes, gt_labels) = _padded_gts(batch_gt_instances, ('bboxes', 'labels'), bboxes.device)
+        gt_inds, max_overlaps, labels = simota_assign(priors.detach().float(), bboxes.detach().float(),
+                                                      scores.detach().float(), gt_bboxes, gt_labels.long(), num_gts,
+                                                      **self.op_settings(pose=False))
+        return dict(num_gts=num_gts, gt_inds=gt_inds, max_overlaps=max_overlaps, labels=labels)
 
 
 if MMPOSE_TASK_UTILS is not None:

@@ -34,15 +34,16 @@ OBJECTNESS_LOGIT = 1e4
 MASK_VIS_THR = 0.3
 
 
-def _fused_assigner_cfg(assigner: dict, head: str) -> dict:
-    """The assigner config with mmpose's ``SimOTAAssigner`` swapped for ``FusedSimOTAAssigner``
-    (same constructor arguments); any other assigner cannot assign a batch in one call."""
+def _fused_assigner_cfg(assigner: dict, head: str, fused: type = FusedSimOTAAssigner) -> dict:
+    """The assigner config with a ``SimOTAAssigner`` swapped for `fused` (the fastops
+    ``FusedSimOTAAssigner`` of mmpose, or of mmdet; same constructor arguments); any other
+    assigner cannot assign a batch in one call."""
     cfg = copy.deepcopy(assigner)
     kind = cfg.get('type')
     kind = kind if isinstance(kind, str) else getattr(kind, '__name__', str(kind))
     if kind.split('.')[-1] not in ('SimOTAAssigner', 'FusedSimOTAAssigner'):
         raise ValueError(f'{head}: assigner must be SimOTAAssigner or FusedSimOTAAssigner, got {kind}')
-    cfg['type'] = FusedSimOTAAssigner
+    cfg['type'] = fused
     return cfg
 
 
