@@ -438,7 +438,7 @@ def test_repo_configs_pass_cleanly(path):
     assert findings == []
 
 
-FASTOPS_POSE_CONFIGS = sorted(glob.glob(os.path.join(REPO, "configs", "rtmo", "*.py"))
+FASTOPS_POSE_CONFIGS = sorted(glob.glob(os.path.join(REPO, "configs", "rtmo", "rtmo-*.py"))
                               + glob.glob(os.path.join(REPO, "configs", "yoloxpose", "*.py")))
 
 

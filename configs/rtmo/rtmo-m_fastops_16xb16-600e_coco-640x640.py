@@ -1,23 +1,8 @@
 # RTMO-M on COCO with FastRTMOHead: batched fused SimOTA and the log-space MLE loss
-# from the DCC logits. Same model, data and schedule as the stock config.
-_base_ = ['mmpose::body_2d_keypoint/rtmo/coco/rtmo-m_16xb16-600e_coco-640x640.py']
+_base_ = ['mmpose::body_2d_keypoint/rtmo/coco/rtmo-m_16xb16-600e_coco-640x640.py', './_fastops_rtmo_.py']
 
-custom_imports = dict(imports=['fastops.mm'], allow_failed_imports=False)
-
-# lr=0.004 is for 16 GPUs x 16-600e images; it scales with (processes x batch per process) / 256.
+# lr=0.004 is for 16 GPUs x 16 images; it scales with (processes x batch per process) / 256.
 auto_scale_lr = dict(enable=True, base_batch_size=256)
-
-default_hooks = dict(
-    checkpoint=dict(
-        type='CheckpointHook',
-        interval=40,
-        max_keep_ckpts=3,
-        save_best='coco/AP',
-        rule='greater'))
-
-model = dict(
-    head=dict(
-        type='FastRTMOHead',
-        assigner=dict(type='FusedSimOTAAssigner'),
-        # floor=1e-4 is the stock MLECCLoss(mode='log') clamp, computed in log space.
-        loss_mle=dict(type='LogMLECCLoss', floor=1e-4)))
+default_hooks = dict(checkpoint=dict(
+    type='CheckpointHook', interval=40, max_keep_ckpts=3, save_best='coco/AP', rule='greater'))
+model = dict(head={{_base_.fastops_rtmo_head}})
