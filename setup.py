@@ -17,8 +17,10 @@ try:
     import torch
 except ImportError:
     sys.exit(
-        "fastops builds against the torch you already have: install torch first "
-        "(e.g. pip install torch==2.14.1), then run `pip install -e . --no-build-isolation`."
+        "fastops builds against the torch installed in the environment it is installed into, and "
+        "found none: install torch there first (e.g. `pip install torch==2.14.1`), then run "
+        "`pip install -e .` again. If torch is installed there, the build tool hid it: build "
+        "without isolation (`pip install -e . --no-build-isolation`)."
     )
 
 

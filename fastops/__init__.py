@@ -15,7 +15,7 @@ try:
 except ImportError as err:  # pragma: no cover - exercised only on a broken install
     raise ImportError(
         f"fastops' compiled extension could not be loaded ({err}). Build it against the torch "
-        "you run: `pip install -e . --no-build-isolation` (see README.md)."
+        "you run: `pip install -e .` (see README.md)."
     ) from err
 
 
@@ -24,7 +24,7 @@ def _check_torch_version():
     if built.split("+")[0] != torch.__version__.split("+")[0]:
         raise ImportError(
             f"fastops was built against torch {built} but torch {torch.__version__} is imported; "
-            "rebuild with `pip install -e . --no-build-isolation`."
+            "rebuild with `pip install -e .`."
         )
 
 

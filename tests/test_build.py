@@ -21,4 +21,4 @@ def test_setup_without_torch_says_what_to_do():
     code = "import sys; sys.modules['torch'] = None; sys.argv = ['setup.py', '--version']; exec(open('setup.py').read())"
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
     assert result.returncode != 0
-    assert "install torch first" in result.stderr and "--no-build-isolation" in result.stderr
+    assert "pip install torch==2.14.1" in result.stderr and "then run `pip install -e .`" in result.stderr
