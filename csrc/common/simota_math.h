@@ -50,8 +50,8 @@ FASTOPS_HD float log1p_f(float a) {
 }
 // torch.maximum / torch.minimum / clamp: NaN in either argument gives NaN (fmaxf/fminf would drop
 // it, so that a NaN box got a finite overlap over the 1e-6 union floor: a huge IoU).
-FASTOPS_HD float max_f(float a, float b) { return (a != a || b != b) ? a + b : (a > b ? a : b); }
-FASTOPS_HD float min_f(float a, float b) { return (a != a || b != b) ? a + b : (a < b ? a : b); }
+FASTOPS_HD float max_f(float a, float b) { return (a > b || a != a) ? a : b; }
+FASTOPS_HD float min_f(float a, float b) { return (a < b || a != a) ? a : b; }
 
 // Scalar settings of one call.
 struct Params {
