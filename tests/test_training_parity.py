@@ -21,7 +21,7 @@ BATCH = 2
 
 # Tolerances. Both paths compute the same functions in another float32 order (batched vs
 # per-image targets, the fused log-space MLE loss, SiLU for Swish, channels-last convolutions).
-# Seen over the 30 iterations (2-core Xeon, AVX-512): losses <= 6.6e-6 relative for RTMO (loss_mle;
+# Seen over the 30 iterations (2-core AMD EPYC, AVX-512): losses <= 6.6e-6 relative for RTMO (loss_mle;
 # the other keys <= 2e-7) and <= 1.2e-7 for YOLOX-Pose; gradients <= 5.7e-4 (RTMO) and 7e-7
 # (YOLOX-Pose) of the largest; AdamW updates from the same optimizer state <= 2.9e-3 (RTMO) and
 # 1.7e-5 (YOLOX-Pose) of their L2 norm. The bounds leave ~10x.
