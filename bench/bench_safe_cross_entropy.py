@@ -68,3 +68,42 @@ def bytes_moved(shape, dtype):
     n, c = shape
     element = torch.empty((), dtype=dtype).element_size()
     return 3 * n * c * element + n * 8
+
+
+# Sigmoid (BCE-with-logits) at the shapes of its users, reduction 'sum', float targets in [0, 1]:
+# YOLOX's loss_cls / loss_obj (8 images x 8400 priors, C=80 and C=1) and RPN's objectness
+# (2 images x ~200k anchors, C=1). Each impl is the mmdet module as a user builds it.
+SIGMOID_SHAPES = [(67200, 80), (67200, 1), (400000, 1)]
+
+
+def sigmoid_step_factory(impl):
+    if impl == "torch":
+        return lambda logits, targets: F.binary_cross_entropy_with_logits(
+            logits.float(), targets, reduction="sum").backward()
+    import fastops.mm  # noqa: F401  (registers SafeCrossEntropyLoss)
+    from mmdet.registry import MODELS
+
+    loss_type = "SafeCrossEntropyLoss" if impl == "fastops" else "CrossEntropyLoss"
+    loss_module = MODELS.build(dict(type=loss_type, use_sigmoid=True, reduction="sum"))
+    cast = (lambda x: x) if impl == "fastops" else (lambda x: x.float())  # mmdet's fp16 path upcasts
+    return lambda logits, targets: loss_module(cast(logits), targets).backward()
+
+
+@pytest.mark.parametrize("dtype", list(DTYPES))
+@pytest.mark.parametrize("shape", SIGMOID_SHAPES, ids=lambda s: f"{s[0]}x{s[1]}")
+@pytest.mark.parametrize("impl", ["fastops", "torch", "mmdet"])
+def test_sigmoid_cross_entropy_fwd_bwd(measure, benchmark, impl, shape, dtype):
+    pytest.importorskip("mmdet")
+    benchmark.group = f"safe_sigmoid_cross_entropy {shape[0]}x{shape[1]} {dtype} cpu"
+    benchmark.extra_info.update(op="safe_sigmoid_cross_entropy", impl=impl, series=f"{impl} {dtype} cpu",
+                                size=shape[0] * shape[1], size_label="N·C",
+                                bytes=bytes_moved(shape, DTYPES[dtype]) + shape[0] * shape[1] * 4)
+    logits, _ = make_inputs(*shape, DTYPES[dtype], "cpu")
+    targets = torch.rand(shape, generator=torch.Generator().manual_seed(1))
+    step = sigmoid_step_factory(impl)
+
+    def run():
+        logits.grad = None
+        step(logits, targets)
+
+    measure(run, rounds=10)
