@@ -31,3 +31,22 @@ def mmdet_scope():
 @pytest.fixture
 def mmpose_scope():
     yield from _default_scope("mmpose")
+
+
+def _synthetic_set(tmp_path_factory, kind):
+    from fastops import synth
+    out = tmp_path_factory.mktemp(f"synth_{kind}")
+    synth.generate(str(out), kind, images=24, size=320, seed=0)
+    return out
+
+
+@pytest.fixture(scope="session")
+def keypoint_data(tmp_path_factory):
+    """24 synthetic COCO-format keypoint images (320x320, seed 0), shared read-only."""
+    return _synthetic_set(tmp_path_factory, "keypoints")
+
+
+@pytest.fixture(scope="session")
+def detection_data(tmp_path_factory):
+    """24 synthetic COCO-format detection images (320x320, seed 0), shared read-only."""
+    return _synthetic_set(tmp_path_factory, "detection")

@@ -20,7 +20,6 @@ from mmengine.runner import Runner  # noqa: E402
 from mmengine.structures import InstanceData  # noqa: E402
 
 import fastops.mm.assigners  # noqa: E402
-from fastops import synth  # noqa: E402
 from fastops.mm.assigners import FusedSimOTAAssignerYOLOX  # noqa: E402
 from fastops.mm.losses import SafeCrossEntropyLoss  # noqa: E402
 from fastops.mm.yolox_head import FastYOLOXHead  # noqa: E402
@@ -349,13 +348,6 @@ STOCK_CROSS_ENTROPY = {'model.bbox_head.loss_cls.type': 'CrossEntropyLoss',
 TRAIN_LOSS_TOL = 1e-6
 TRAIN_GRAD_TOL = 3e-5
 TRAIN_UPDATE_TOL = 3e-5
-
-
-@pytest.fixture(scope='module')
-def detection_data(tmp_path_factory):
-    out = tmp_path_factory.mktemp('yolox_parity_detection')
-    synth.generate(str(out), 'detection', images=24, size=320, seed=0)
-    return out
 
 
 class TrainingAssignments:

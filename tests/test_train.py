@@ -20,7 +20,6 @@ from mmengine.config import Config  # noqa: E402
 from mmengine.registry import PARAM_SCHEDULERS  # noqa: E402
 from mmengine.runner import Runner  # noqa: E402
 
-from fastops import synth  # noqa: E402
 from fastops.resume_lr import TOTAL_BATCH_KEY, WORLD_SIZE_KEY  # noqa: E402
 from fastops.train import (DEFAULT_DIST_TIMEOUT_S, TORCHRUN_STOP_GRACE_S,  # noqa: E402
                            adapt_to_cpu, latest_checkpoint, parse_args,
@@ -80,20 +79,6 @@ def load_checkpoint(path):
 def final_weights(work_dir):
     checkpoint = load_checkpoint(latest_checkpoint(work_dir))
     return checkpoint["meta"]["iter"], checkpoint["state_dict"]
-
-
-@pytest.fixture(scope="module")
-def keypoint_data(tmp_path_factory):
-    out = tmp_path_factory.mktemp("synth_keypoints")
-    synth.generate(str(out), "keypoints", images=24, size=320, seed=0)
-    return out
-
-
-@pytest.fixture(scope="module")
-def detection_data(tmp_path_factory):
-    out = tmp_path_factory.mktemp("synth_detection")
-    synth.generate(str(out), "detection", images=24, size=320, seed=0)
-    return out
 
 
 @pytest.fixture(scope="module")

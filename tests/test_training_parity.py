@@ -11,7 +11,6 @@ from mmengine.config import Config
 pytest.importorskip("mmpose")
 pytest.importorskip("mmdet")
 
-from fastops import synth  # noqa: E402
 from training_parity import lockstep  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -28,13 +27,6 @@ BATCH = 2
 LOSS_TOL = 1e-4
 GRAD_TOL = 5e-3
 UPDATE_TOL = 3e-2
-
-
-@pytest.fixture(scope="module")
-def keypoint_data(tmp_path_factory):
-    out = tmp_path_factory.mktemp("parity_keypoints")
-    synth.generate(str(out), "keypoints", images=24, size=320, seed=0)
-    return out
 
 
 def tiny_yoloxpose_model(head: dict) -> dict:
