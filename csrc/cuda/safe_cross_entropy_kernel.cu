@@ -45,16 +45,10 @@ __device__ void flush_counts(Counts c, unsigned long long* stats) {
   }
 }
 
-// Merges two (max, Σ exp(x − max)) pairs of an online log-sum-exp. An empty partial (s = 0) is
-// skipped rather than rescaled, so no exp(-inf - -inf) can turn it into NaN.
+// Merges two (max, Σ exp(x − max)) pairs of an online log-sum-exp. Every m is finite (>= -bound,
+// and the op rejects a bound the accumulator cannot hold), so an empty partial rescales to 0.
 template <typename acc_t>
 __device__ __forceinline__ void lse_merge(acc_t& m, acc_t& s, acc_t m2, acc_t s2) {
-  if (s2 == acc_t(0)) return;
-  if (s == acc_t(0)) {
-    m = m2;
-    s = s2;
-    return;
-  }
   const acc_t hi = m > m2 ? m : m2;
   s = s * exp(m - hi) + s2 * exp(m2 - hi);
   m = hi;
