@@ -9,12 +9,12 @@
 #include <immintrin.h>
 #endif
 
-#include <cstdio>
 #include <vector>
 
 #include "common/clamp_math.h"
 #include "cpu/cephes_exp.h"
 #include "cpu/isa.h"
+#include "cpu/printf_check.h"
 #include "ops/safe_cross_entropy.h"
 
 namespace fastops {
@@ -208,10 +208,8 @@ void check_labels(const at::Tensor& labels, int64_t hi, int64_t ignore_index, co
   const int64_t* y = labels.data_ptr<int64_t>();
   for (int64_t i = 0; i < labels.numel(); ++i) {
     if (y[i] == ignore_index || (y[i] >= 0 && y[i] < hi)) continue;
-    char message[256];
-    std::snprintf(message, sizeof(message), FASTOPS_LABEL_RANGE_MSG, op, static_cast<long long>(i),
-                  static_cast<long long>(y[i]), static_cast<long long>(hi), static_cast<long long>(ignore_index));
-    TORCH_CHECK(false, message);
+    fail_printf(FASTOPS_LABEL_RANGE_MSG, op, static_cast<long long>(i), static_cast<long long>(y[i]),
+                static_cast<long long>(hi), static_cast<long long>(ignore_index));
   }
 }
 

@@ -3,9 +3,9 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
-#include <cstdio>
 #include <vector>
 
+#include "cpu/printf_check.h"
 #include "ops/simota_assign.h"
 
 namespace fastops {
@@ -296,19 +296,17 @@ void check_simota_assign_values(const at::Tensor& num_gts_in, const at::Tensor& 
   const int64_t B = gt_labels.size(0), G = gt_labels.size(1);
   const int64_t* n = num_gts.data_ptr<int64_t>();
   const int64_t* labels = gt_labels.data_ptr<int64_t>();
-  char message[256];
   for (int64_t b = 0; b < B; ++b) {
     if (n[b] < 0 || n[b] > G) {
-      std::snprintf(message, sizeof(message), FASTOPS_SIMOTA_NUM_GTS_MSG, static_cast<long long>(b),
-                    static_cast<long long>(n[b]), static_cast<long long>(G));
-      TORCH_CHECK(false, message);
+      fail_printf(FASTOPS_SIMOTA_NUM_GTS_MSG, static_cast<long long>(b), static_cast<long long>(n[b]),
+                  static_cast<long long>(G));
     }
     for (int64_t g = 0; g < n[b]; ++g) {
       const int64_t y = labels[b * G + g];
-      if (y >= 0 && y < C) continue;
-      std::snprintf(message, sizeof(message), FASTOPS_SIMOTA_LABEL_MSG, static_cast<long long>(b),
-                    static_cast<long long>(g), static_cast<long long>(y), static_cast<long long>(C));
-      TORCH_CHECK(false, message);
+      if (y < 0 || y >= C) {
+        fail_printf(FASTOPS_SIMOTA_LABEL_MSG, static_cast<long long>(b), static_cast<long long>(g),
+                    static_cast<long long>(y), static_cast<long long>(C));
+      }
     }
   }
 }

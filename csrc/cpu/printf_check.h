@@ -1,0 +1,19 @@
+// Value errors of the CPU kernels, formatted with the printf formats the CUDA kernels' asserts use
+// (FASTOPS_*_MSG in csrc/ops), so that both devices report a bad value in the same words.
+#pragma once
+
+#include <c10/util/Exception.h>
+
+#include <cstdio>
+
+namespace fastops {
+
+template <typename... Args>
+[[noreturn]] void fail_printf(const char* format, Args... args) {
+  char message[256];
+  std::snprintf(message, sizeof(message), format, args...);
+  TORCH_CHECK(false, message);
+  __builtin_unreachable();
+}
+
+}  // namespace fastops
