@@ -4,7 +4,7 @@ import platform
 import torch
 
 import fastops
-from fastops.ops._dispatch import kernel_arch_for
+from fastops.ops._dispatch import kernel_arch_for, kernel_is_jit
 
 
 def build_lines():
@@ -28,8 +28,7 @@ def gpu_lines():
         name = f"cuda:{index} {torch.cuda.get_device_name(index)} (sm_{capability[0]}{capability[1]})"
         arch = kernel_arch_for(capability) if fastops.cuda_built() else None
         if arch is not None:
-            how = "PTX, JIT-compiled" if arch.endswith("+PTX") and arch[:-4] != f"{capability[0]}.{capability[1]}" \
-                else "native"
+            how = "PTX, JIT-compiled" if kernel_is_jit(capability) else "native"
             lines.append(f"{name}: fastops kernels from {arch} ({how})")
         else:
             lines.append(f"{name}: no fastops kernel, ops fall back to the pure-PyTorch reference")

@@ -438,6 +438,13 @@ def test_default_arches_cover_turing_to_newest_with_ptx(capability, expected):
     assert _dispatch.kernel_arch_for(capability, default) == expected
 
 
+def test_only_gpus_newer_than_every_cubin_need_the_ptx_jit():
+    default = "7.5;8.0;9.0;10.0;11.0;12.0+PTX"
+    assert not _dispatch.kernel_is_jit((12, 1), default)  # the 12.0 cubin of the "+PTX" entry runs
+    assert not _dispatch.kernel_is_jit((8, 9), default)
+    assert _dispatch.kernel_is_jit((13, 0), default)
+
+
 def test_kernel_arch_for_old_default_misses_turing_and_blackwell():
     assert _dispatch.kernel_arch_for((7, 5), "8.0;9.0") is None
     assert _dispatch.kernel_arch_for((12, 0), "8.0;9.0") is None

@@ -1,6 +1,6 @@
 """Helpers shared by the op wrappers: where a compiled kernel exists, and how to report counts."""
 import warnings
-from typing import Optional, Tuple
+from typing import List, Optional, Tuple
 
 import torch
 
@@ -16,23 +16,39 @@ def _parse_arch(entry: str) -> Tuple[int, int, bool, bool]:
     return int(major), int(minor), specific, ptx
 
 
-def kernel_arch_for(capability: Tuple[int, int], arches: Optional[str] = None) -> Optional[str]:
-    """The built arch entry that runs on a GPU of `capability`, or None.
-
-    A cubin built for M.m runs on M.n for every n >= m (not across majors; an 'a' build only on its
-    own M.m); PTX built for M.m is JIT-compiled by the driver for any capability >= M.m.
-    """
+def _entries(arches: Optional[str]) -> List[str]:
     arches = fastops.cuda_arches() if arches is None else arches
-    entries = [e.strip() for e in arches.replace(" ", ";").split(";") if e.strip()]
-    for entry in entries:  # SASS first: no JIT
+    return [e.strip() for e in arches.replace(" ", ";").split(";") if e.strip()]
+
+
+def _cubin_for(capability: Tuple[int, int], entries: List[str]) -> Optional[str]:
+    """A cubin built for M.m runs on M.n for every n >= m (not across majors; an 'a' build only on
+    its own M.m)."""
+    for entry in entries:
         major, minor, specific, _ = _parse_arch(entry)
         if major == capability[0] and (minor == capability[1] or (not specific and minor < capability[1])):
             return entry
+    return None
+
+
+def _ptx_for(capability: Tuple[int, int], entries: List[str]) -> Optional[str]:
+    """PTX built for M.m is JIT-compiled by the driver for any capability >= M.m."""
     for entry in entries:
         major, minor, _, ptx = _parse_arch(entry)
         if ptx and (major, minor) <= tuple(capability):
             return entry
     return None
+
+
+def kernel_arch_for(capability: Tuple[int, int], arches: Optional[str] = None) -> Optional[str]:
+    """The built arch entry that runs on a GPU of `capability` (a cubin first: no JIT), or None."""
+    entries = _entries(arches)
+    return _cubin_for(capability, entries) or _ptx_for(capability, entries)
+
+
+def kernel_is_jit(capability: Tuple[int, int], arches: Optional[str] = None) -> bool:
+    """Whether the kernel for `capability` (see kernel_arch_for) is PTX the driver compiles at first use."""
+    return _cubin_for(capability, _entries(arches)) is None
 
 
 _warned_devices = set()
