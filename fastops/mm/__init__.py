@@ -4,3 +4,4 @@ Load from a config with ``custom_imports = dict(imports=['fastops.mm'], allow_fa
 """
 from . import assigners, heads, losses  # noqa: F401
 from . import yolox_head  # noqa: F401
+from . import rtmdet_head  # noqa: F401
