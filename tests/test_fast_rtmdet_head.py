@@ -3,6 +3,7 @@ losses per key and level and gradients per parameter, the same assignment of eve
 exact cost ties), one op call per batch, the inside-flags filter, the config swaps."""
 import copy
 import functools
+import importlib
 
 import pytest
 import torch
@@ -248,7 +249,7 @@ def assert_same_assignments_on_inside(spy, fast, metas, featmap_sizes=((16, 16),
 
 
 def test_one_assignment_call_per_batch(monkeypatch):
-    from fastops.ops import dynamic_soft_label_assign as module
+    module = importlib.import_module('fastops.ops.dynamic_soft_label_assign')
     _, fast = stock_and_fast_heads()
     calls = []
     fused = module.dynamic_soft_label_assign
