@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import fastops
-from fastops.reference.simota_assign import _box_iou, _pose_oks, simota_assign_reference
+from fastops.reference.simota_assign import box_iou, _pose_oks, simota_assign_reference
 
 sys.path.insert(0, os.path.dirname(__file__))
 from simota_cases import IOU_VIS_CONFIG, RTMO_CONFIG, YOLOX_CONFIG, random_batch  # noqa: E402
@@ -194,7 +194,7 @@ def _near_integer_dynamic_k(args, kwargs, b, settings) -> bool:
         indicator = _pose_oks(kwargs['pred_keypoints'][b], kwargs['gt_keypoints'][b, :n],
                               kwargs['gt_keypoints_visible'][b, :n], kwargs['gt_areas'][b, :n], kwargs['sigmas'])
     else:
-        indicator = _box_iou(boxes[b], gt_boxes[b, :n])
+        indicator = box_iou(boxes[b], gt_boxes[b, :n])
     sums = torch.topk(indicator, min(settings['candidate_topk'], indicator.size(0)), dim=0).values.sum(0)
     return bool(((sums - sums.round()).abs() < 1e-5).any())
 

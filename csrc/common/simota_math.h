@@ -1,57 +1,25 @@
-// Pair math of the SimOTA assigner, shared by the CPU and CUDA kernels.
-//
-// Every formula mirrors the float32 operation order of the stock code (mmpose 1.3.2
-// SimOTAAssigner / PoseOKS / bbox_overlaps, mmdet 3.3.0 SimOTAAssigner) so that costs agree to
-// the last bits wherever the stock code does one operation per element: arithmetic goes through
-// common/rounded_math.h (no FMA contraction), and on the device exp/log go through double so that
-// they round like the host's libm.
+// Pair math of the SimOTA assigner, shared by the CPU and CUDA kernels. What SimOTA shares with
+// the other dynamic-k assigner (libm-rounded math, IoU, the matching rules) is in common/dynamic_k.h.
 #pragma once
 
 #include <cmath>
 #include <cstdint>
 
-#include "common/rounded_math.h"
-
-#ifdef __CUDACC__
-#define FASTOPS_HD __host__ __device__ __forceinline__
-#else
-#define FASTOPS_HD inline
-#endif
+#include "common/dynamic_k.h"
 
 namespace fastops {
 namespace simota {
 
 constexpr float kInf = 100000.0f;     // stock INF: cost of a prior outside gt box & center
-constexpr float kLogEps = 1e-7f;      // stock EPS in -log(x + EPS)
-constexpr float kUnionEps = 1e-6f;    // bbox_overlaps: union = max(union, 1e-6)
 constexpr float kOksEps = 1e-8f;      // PoseOKS clip of sqrt(area) and of the weight sum
 constexpr float kBceLogFloor = -100;  // torch binary_cross_entropy clamps its logs at -100
 
-FASTOPS_HD float exp_f(float a) {
-#ifdef __CUDA_ARCH__
-  return static_cast<float>(::exp(static_cast<double>(a)));
-#else
-  return std::exp(a);
-#endif
-}
-FASTOPS_HD float log_f(float a) {
-#ifdef __CUDA_ARCH__
-  return static_cast<float>(::log(static_cast<double>(a)));
-#else
-  return std::log(a);
-#endif
-}
-FASTOPS_HD float log1p_f(float a) {
-#ifdef __CUDA_ARCH__
-  return static_cast<float>(::log1p(static_cast<double>(a)));
-#else
-  return std::log1p(a);
-#endif
-}
-// torch.maximum / torch.minimum / clamp: NaN in either argument gives NaN (fmaxf/fminf would drop
-// it, so that a NaN box got a finite overlap over the 1e-6 union floor: a huge IoU).
-FASTOPS_HD float max_f(float a, float b) { return (a > b || a != a) ? a : b; }
-FASTOPS_HD float min_f(float a, float b) { return (a < b || a != a) ? a : b; }
+using dynamic_k::exp_f;
+using dynamic_k::log1p_f;
+using dynamic_k::log_f;
+using dynamic_k::max_f;
+using dynamic_k::min_f;
+using dynamic_k::neg_log_eps;
 
 // Scalar settings of one call.
 struct Params {
@@ -117,12 +85,6 @@ FASTOPS_HD void prepare_gt(const ImageData& img, const Params& prm, int64_t g) {
   img.gt_center[2 * g + 1] = cy;
 }
 
-// Stock strict inequalities: prior centre (x, y) strictly inside the gt box. Branch-free (& on
-// the comparisons), so that loops over priors vectorise.
-FASTOPS_HD bool centre_in_box(float x, float y, const float* box) {
-  return (sub_rn(x, box[0]) > 0) & (sub_rn(y, box[1]) > 0) & (sub_rn(box[2], x) > 0) & (sub_rn(box[3], y) > 0);
-}
-
 // Prior centre (x, y) strictly inside the square of half-size (rx, ry) = center_radius * stride
 // around the gt centre (cx, cy).
 FASTOPS_HD bool centre_in_region(float x, float y, float rx, float ry, float cx, float cy) {
@@ -132,7 +94,7 @@ FASTOPS_HD bool centre_in_region(float x, float y, float rx, float ry, float cx,
 
 FASTOPS_HD bool in_box(const ImageData& img, int64_t p, int64_t g) {
   const float* pr = img.priors + p * 4;
-  return centre_in_box(pr[0], pr[1], img.gt_boxes + g * 4);
+  return dynamic_k::centre_in_box(pr[0], pr[1], img.gt_boxes + g * 4);
 }
 
 FASTOPS_HD bool in_center(const ImageData& img, const Params& prm, int64_t p, int64_t g) {
@@ -141,17 +103,8 @@ FASTOPS_HD bool in_center(const ImageData& img, const Params& prm, int64_t p, in
                           img.gt_center[2 * g], img.gt_center[2 * g + 1]);
 }
 
-// bbox_overlaps(mode='iou'): overlap / max(area1 + area2 - overlap, 1e-6).
 FASTOPS_HD float pair_iou(const ImageData& img, int64_t p, int64_t g) {
-  const float* a = img.boxes + p * 4;
-  const float* b = img.gt_boxes + g * 4;
-  float area1 = mul_rn(sub_rn(a[2], a[0]), sub_rn(a[3], a[1]));
-  float area2 = mul_rn(sub_rn(b[2], b[0]), sub_rn(b[3], b[1]));
-  float w = max_f(sub_rn(min_f(a[2], b[2]), max_f(a[0], b[0])), 0.f);
-  float h = max_f(sub_rn(min_f(a[3], b[3]), max_f(a[1], b[1])), 0.f);
-  float overlap = mul_rn(w, h);
-  float union_area = max_f(sub_rn(add_rn(area1, area2), overlap), kUnionEps);
-  return div_rn(overlap, union_area);
+  return dynamic_k::box_iou(img.boxes + p * 4, img.gt_boxes + g * 4);
 }
 
 // PoseOKS: sum_k w_k * exp(-(|d_k| / sqrt(area) / (2 sigma_k))^2 / 2), computed per pair.
@@ -223,27 +176,6 @@ FASTOPS_HD bool prior_is_valid(const ImageData& img, const Params& prm, int64_t 
   }
   return false;
 }
-
-// max(1, trunc(sum)) as the stock clamp(sum.int(), min=1); NaN or negative sums give 1.
-// The float-to-int cast saturates (+inf from an infinite indicator would be undefined behaviour);
-// callers cap k at the number of valid priors.
-FASTOPS_HD int64_t dynamic_k_of_sum(float sum) {
-  constexpr float kCap = 4611686018427387904.f;  // 2^62
-  return sum >= 2.f ? (sum < kCap ? static_cast<int64_t>(sum) : static_cast<int64_t>(kCap)) : 1;
-}
-
-// Non-finite values, one rule in both kernels and the reference: a NaN cost or indicator is never
-// picked (neither among a gt's top-k candidates, where it does not count toward dynamic_k, nor among
-// its dynamic_k cheapest priors, nor as the winner of a conflict); ±inf order as numbers.
-FASTOPS_HD bool is_nan(float x) { return x != x; }
-
-// Conflict argmin over the gts of one prior: whether `cost` beats the best so far (first index on
-// ties, as torch.min; NaN never wins).
-FASTOPS_HD bool beats_best_cost(float cost, float best_cost, bool have_best) {
-  return !is_nan(cost) && (!have_best || cost < best_cost);
-}
-
-FASTOPS_HD float neg_log_eps(float x) { return -log_f(add_rn(x, kLogEps)); }
 
 // The IoU/OKS similarities of one pair; oks is 0 when not needed.
 struct PairSim {

@@ -1,5 +1,5 @@
 // Value errors of the CPU kernels, formatted with the printf formats the CUDA kernels' asserts use
-// (FASTOPS_*_MSG in csrc/ops), so that both devices report a bad value in the same words.
+// (the FASTOPS_*_MSG macros), so that both devices report a bad value in the same words.
 #pragma once
 
 #include <c10/util/Exception.h>

@@ -5,7 +5,7 @@
 
 #include <vector>
 
-#include "cpu/printf_check.h"
+#include "cpu/dynamic_k_matching.h"
 #include "ops/simota_assign.h"
 
 namespace fastops {
@@ -15,50 +15,7 @@ using simota::ImageData;
 using simota::PairSim;
 using simota::Params;
 
-// The `cap` smallest (key, index) pairs seen, ascending; equal keys keep the lower index.
-class SmallestK {
- public:
-  explicit SmallestK(int64_t cap) : cap_(cap) {
-    keys_.reserve(cap);
-    idx_.reserve(cap);
-  }
-
-  // NaN keys are never kept (common/simota_math.h).
-  void push(float key, int64_t idx) {
-    if (cap_ == 0 || simota::is_nan(key)) return;
-    if (size() == cap_ && !before(key, idx, keys_.back(), idx_.back())) return;
-    if (size() < cap_) {
-      keys_.push_back(key);
-      idx_.push_back(idx);
-    }
-    int64_t pos = size() - 1;
-    for (; pos > 0 && before(key, idx, keys_[pos - 1], idx_[pos - 1]); --pos) {
-      keys_[pos] = keys_[pos - 1];
-      idx_[pos] = idx_[pos - 1];
-    }
-    keys_[pos] = key;
-    idx_[pos] = idx;
-  }
-
-  int64_t size() const { return static_cast<int64_t>(keys_.size()); }
-  int64_t capacity() const { return cap_; }
-  float key(int64_t i) const { return keys_[i]; }
-  int64_t index(int64_t i) const { return idx_[i]; }
-
- private:
-  static bool before(float a, int64_t ia, float b, int64_t ib) { return a < b || (a == b && ia < ib); }
-  int64_t cap_;
-  std::vector<float> keys_;
-  std::vector<int64_t> idx_;
-};
-
-// dynamic_k = max(1, trunc(sum of the candidate_topk largest indicators)), summed largest first
-// in float32 as torch sums the sorted torch.topk output.
-int64_t dynamic_k(const SmallestK& largest_negated, int64_t num_valid) {
-  float total = 0.f;
-  for (int64_t i = 0; i < largest_negated.size(); ++i) total = add_rn(total, -largest_negated.key(i));
-  return std::min(simota::dynamic_k_of_sum(total), num_valid);
-}
+using dynamic_k::SmallestK;
 
 struct Box {
   float x1, y1, x2, y2;
@@ -129,7 +86,7 @@ struct ValidPriors {
     const float *px = x.data(), *py = y.data(), *rx = radius_x.data(), *ry = radius_y.data();
     const int64_t n = size();  // locals: stores through the uint8_t pointer may alias the vectors
     for (int64_t v = 0; v < n; ++v) {
-      inside[v] = simota::centre_in_box(px[v], py[v], box) &
+      inside[v] = dynamic_k::centre_in_box(px[v], py[v], box) &
                   simota::centre_in_region(px[v], py[v], rx[v], ry[v], cx, cy);
     }
   }
@@ -185,7 +142,7 @@ GtScan scan_gt(const ImageData& img, const Params& prm, const ValidPriors& valid
     if (prm.oks_indicator && s.in_box_and_center) largest.push(-s.oks, v);
   }
   if (!prm.oks_indicator) {
-    scan.k = dynamic_k(largest, num_valid);
+    scan.k = dynamic_k::dynamic_k_of(largest, num_valid);
     return scan;
   }
   // OKS of the other priors: only those that may still enter the candidate_topk largest
@@ -200,7 +157,7 @@ GtScan scan_gt(const ImageData& img, const Params& prm, const ValidPriors& valid
     largest.push(-s.oks, v);
     if (largest.size() == topk) max_gap_sq = prune_gap_sq(-largest.key(topk - 1), extent);
   }
-  scan.k = dynamic_k(largest, num_valid);
+  scan.k = dynamic_k::dynamic_k_of(largest, num_valid);
   return scan;
 }
 
@@ -241,24 +198,7 @@ std::vector<int64_t> select_for_gt(const ImageData& img, const Params& prm, cons
     all.push(simota::pair_cost(img, prm, valid.index[v], g, scan.sims[v]), v);
   }
   const SmallestK& chosen = inside_suffices ? inside : all;  // fewer than k when costs are NaN
-  std::vector<int64_t> picked(chosen.size());
-  for (int64_t i = 0; i < chosen.size(); ++i) picked[i] = chosen.index(i);
-  return picked;
-}
-
-// argmin over all gts of the full cost of prior p (first index on ties, as torch.min; NaN never
-// wins, and the gts that picked p have a cost that is not NaN).
-int64_t cheapest_gt(const ImageData& img, const Params& prm, int64_t p) {
-  int64_t best = -1;
-  float best_cost = INFINITY;
-  for (int64_t g = 0; g < img.num_gt; ++g) {
-    const float cost = simota::pair_cost(img, prm, p, g, simota::pair_similarity(img, prm, p, g));
-    if (simota::beats_best_cost(cost, best_cost, best >= 0)) {
-      best = g;
-      best_cost = cost;
-    }
-  }
-  return best;
+  return chosen.indices();
 }
 
 struct Outputs {
@@ -267,48 +207,22 @@ struct Outputs {
   int64_t* labels;
 };
 
-// Turns the per-gt selections of one image into its assignment row.
+// Turns the per-gt selections of one image into its assignment row. A prior picked by several gts
+// goes to the argmin of its full cost row (the gts that picked it have a cost that is not NaN).
 void resolve_image(const ImageData& img, const Params& prm, const ValidPriors& valid,
                    const std::vector<int64_t>* picked, Outputs out) {
-  const int64_t num_valid = valid.size();
-  std::vector<int32_t> times_picked(num_valid, 0);
-  std::vector<int64_t> picked_by(num_valid, 0);
-  for (int64_t g = 0; g < img.num_gt; ++g) {
-    for (int64_t v : picked[g]) {
-      ++times_picked[v];
-      picked_by[v] = g;
-    }
-  }
-  for (int64_t v = 0; v < num_valid; ++v) {
-    if (times_picked[v] == 0) continue;
+  auto cheapest = [&](int64_t v) {
     const int64_t p = valid.index[v];
-    const int64_t g = times_picked[v] > 1 ? cheapest_gt(img, prm, p) : picked_by[v];
+    return dynamic_k::cheapest_gt(img.num_gt, [&](int64_t g) {
+      return simota::pair_cost(img, prm, p, g, simota::pair_similarity(img, prm, p, g));
+    });
+  };
+  dynamic_k::resolve_picks(valid.size(), picked, img.num_gt, cheapest, [&](int64_t v, int64_t g) {
+    const int64_t p = valid.index[v];
     out.gt_inds[p] = g + 1;
     out.labels[p] = img.gt_labels[g];
     out.overlaps[p] = simota::pair_similarity(img, prm, p, g).indicator(prm);
-  }
-}
-
-// num_gts in [0, G] and the labels of the real gts in [0, C), read on the host (the CUDA kernels
-// assert the same with the same messages).
-void check_simota_assign_values(const at::Tensor& num_gts_in, const at::Tensor& gt_labels_in, int64_t C) {
-  const auto num_gts = num_gts_in.contiguous(), gt_labels = gt_labels_in.contiguous();
-  const int64_t B = gt_labels.size(0), G = gt_labels.size(1);
-  const int64_t* n = num_gts.data_ptr<int64_t>();
-  const int64_t* labels = gt_labels.data_ptr<int64_t>();
-  for (int64_t b = 0; b < B; ++b) {
-    if (n[b] < 0 || n[b] > G) {
-      fail_printf(FASTOPS_SIMOTA_NUM_GTS_MSG, static_cast<long long>(b), static_cast<long long>(n[b]),
-                  static_cast<long long>(G));
-    }
-    for (int64_t g = 0; g < n[b]; ++g) {
-      const int64_t y = labels[b * G + g];
-      if (y < 0 || y >= C) {
-        fail_printf(FASTOPS_SIMOTA_LABEL_MSG, static_cast<long long>(b), static_cast<long long>(g),
-                    static_cast<long long>(y), static_cast<long long>(C));
-      }
-    }
-  }
+  });
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> simota_assign_cpu(
@@ -323,7 +237,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> simota_assign_cpu(
       priors, pred_bboxes, pred_scores, pred_keypoints, pred_keypoints_visible, gt_bboxes, gt_labels, num_gts,
       gt_keypoints, gt_keypoints_visible, gt_areas, sigmas, center_radius, candidate_topk, iou_weight, cls_weight,
       oks_weight, vis_weight, dynamic_k_indicator, use_keypoints_for_center);
-  check_simota_assign_values(num_gts, gt_labels, prm.C);
+  dynamic_k::check_gt_values("simota_assign", num_gts, gt_labels, prm.C);
   const int64_t B = pred_bboxes.size(0), P = prm.P, G = prm.G;
   auto gt_inds = at::zeros({B, P}, gt_labels.options());
   auto overlaps = at::full({B, P}, -simota::kInf, priors.options());

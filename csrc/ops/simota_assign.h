@@ -17,10 +17,6 @@ simota::Params check_simota_assign_args(
     int64_t candidate_topk, double iou_weight, double cls_weight, double oks_weight, double vis_weight,
     c10::string_view dynamic_k_indicator, bool use_keypoints_for_center);
 
-// Value errors, shared by the CPU checks and the CUDA kernel asserts (printf formats).
-#define FASTOPS_SIMOTA_NUM_GTS_MSG "simota_assign: num_gts[%lld] = %lld is outside [0, G = %lld] (G: the gt padding)"
-#define FASTOPS_SIMOTA_LABEL_MSG "simota_assign: gt_labels[%lld, %lld] = %lld of a real gt is outside [0, C = %lld)"
-
 }  // namespace fastops
 
 namespace fastops {

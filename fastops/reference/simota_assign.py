@@ -20,7 +20,7 @@ EPS = 1e-7
 INF_F = float('inf')
 
 
-def _box_iou(boxes: Tensor, gt_boxes: Tensor) -> Tensor:
+def box_iou(boxes: Tensor, gt_boxes: Tensor) -> Tensor:
     """[P, G] IoU: overlap / max(area_p + area_g - overlap, 1e-6)."""
     area_p = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
     area_g = (gt_boxes[:, 2] - gt_boxes[:, 0]) * (gt_boxes[:, 3] - gt_boxes[:, 1])
@@ -80,7 +80,7 @@ def _assign_image(priors, boxes, scores, kpts, kpt_vis, gt_boxes, gt_labels, gt_
     if num_gt == 0 or not bool(valid.any()):
         return gt_inds, boxes.new_zeros(num_priors), labels
     outside = (~inbc[valid]).float() * INF
-    ious = _box_iou(boxes[valid], gt_boxes)
+    ious = box_iou(boxes[valid], gt_boxes)
     iou_cost = -torch.log(ious + EPS)
     cls_cost = _bce_sum(scores[valid].float(), F.one_hot(gt_labels, scores.size(-1)).float())
     need_oks = pose and (cfg['oks_weight'] > 0 or cfg['dynamic_k_indicator'] == 'oks')
@@ -98,7 +98,7 @@ def _assign_image(priors, boxes, scores, kpts, kpt_vis, gt_boxes, gt_labels, gt_
     else:  # mmdet (YOLOX) summation order
         cost = cls_cost * cfg['cls_weight'] + iou_cost * cfg['iou_weight'] + outside
     indicator = oks if cfg['dynamic_k_indicator'] == 'oks' else ious
-    gt_of_valid, overlap_of_valid = _dynamic_k_match(cost, indicator, cfg['candidate_topk'])
+    gt_of_valid, overlap_of_valid = dynamic_k_match(cost, indicator, cfg['candidate_topk'])
     matched = gt_of_valid >= 0
     valid_idx = valid.nonzero()[:, 0][matched]
     gt_inds[valid_idx] = gt_of_valid[matched] + 1
@@ -108,7 +108,7 @@ def _assign_image(priors, boxes, scores, kpts, kpt_vis, gt_boxes, gt_labels, gt_
     return gt_inds, overlaps, labels
 
 
-def _dynamic_k_match(cost: Tensor, indicator: Tensor, candidate_topk: int) -> Tuple[Tensor, Tensor]:
+def dynamic_k_match(cost: Tensor, indicator: Tensor, candidate_topk: int) -> Tuple[Tensor, Tensor]:
     """Per valid prior: matched gt (-1 if none) and the indicator of the match."""
     num_valid, num_gt = cost.shape
     # IoU and OKS are >= 0 or NaN: a NaN ranked last as -inf and summed as 0 is a NaN left out
