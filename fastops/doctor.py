@@ -491,6 +491,78 @@ def check_amp_classification_loss(target: Target) -> List[Finding]:
     ) for key, node in walk_dicts(cfg.get("model"), "model") if type_name(node) == "CrossEntropyLoss"]
 
 
+# mmdet's RTMDet heads and their fastops drop-ins (one fused dynamic soft-label assignment per batch).
+FAST_RTMDET_HEADS = {
+    "RTMDetHead": "FastRTMDetHead",
+    "RTMDetSepBNHead": "FastRTMDetSepBNHead",
+    "RTMDetInsSepBNHead": "FastRTMDetInsSepBNHead",
+}
+DSL_ASSIGNERS = ("DynamicSoftLabelAssigner", "FusedDynamicSoftLabelAssigner")
+HORIZONTAL_IOU = ("BboxOverlaps2D", "BBoxOverlaps2D")
+DSL_MEMORY = (
+    "the stock DynamicSoftLabelAssigner runs per image in Python and builds [valid priors x gts "
+    "x classes] soft-label cost tensors: crowded images (100+ gts) run out of GPU memory "
+    "(mmdet #9616, mmrotate #745) and the loop costs a launch storm per image")
+FASTOPS_IMPORT = "custom_imports=dict(imports=['fastops.mm'], allow_failed_imports=False)"
+
+
+def _imports_fastops_mm(cfg: dict) -> bool:
+    imports = lookup(cfg, "custom_imports.imports") or []
+    imports = [imports] if isinstance(imports, str) else imports
+    return any(name == "fastops.mm" or str(name).startswith("fastops.mm.") for name in imports)
+
+
+def _dsl_assigners(cfg: dict) -> Iterator[Tuple[str, dict]]:
+    """(key, config) of every DynamicSoftLabelAssigner / FusedDynamicSoftLabelAssigner in the model."""
+    for key, node in walk_dicts(cfg.get("model"), "model"):
+        if type_name(node) in DSL_ASSIGNERS:
+            yield key, node
+
+
+def check_rtmdet_assignment(target: Target) -> List[Finding]:
+    """Stock RTMDet heads / DynamicSoftLabelAssigner (fastops has the batched drop-ins), and
+    fastops' RTMDet types that cannot build."""
+    cfg, findings = target.cfg, []
+    assigners = list(_dsl_assigners(cfg))
+    horizontal = all(type_name(node.get("iou_calculator") or {"type": "BboxOverlaps2D"}) in HORIZONTAL_IOU
+                     for _, node in assigners)  # rotated (mmrotate's RTMDet-R): no fastops drop-in
+    heads = [(key, node) for key, node in walk_dicts(cfg.get("model"), "model")
+             if type_name(node) in FAST_RTMDET_HEADS or type_name(node) in FAST_RTMDET_HEADS.values()]
+    for key, head in heads:
+        kind = type_name(head)
+        if kind in FAST_RTMDET_HEADS and horizontal and any(type_name(a) == "DynamicSoftLabelAssigner"
+                                                            for _, a in assigners):
+            findings.append(Finding(
+                WARNING, f"{key}.type", f"stock {kind} with mmdet's DynamicSoftLabelAssigner", DSL_MEMORY,
+                f"type='{FAST_RTMDET_HEADS[kind]}' (fastops: the same head, the targets of the whole "
+                f"batch from one fused assignment; a DynamicSoftLabelAssigner in train_cfg is built as "
+                f"FusedDynamicSoftLabelAssigner) with {FASTOPS_IMPORT}"))
+        elif kind in FAST_RTMDET_HEADS.values():
+            other = [(k, a) for k, a in walk_dicts(cfg.get("model"), "model")
+                     if k.endswith(".assigner") and type_name(a) not in DSL_ASSIGNERS]
+            findings += [Finding(
+                ERROR, f"{k}.type", f"{kind} with assigner {type_name(a)}",
+                f"{kind} assigns the batch with the fused dynamic soft-label op; building the model "
+                "raises ValueError with any other assigner",
+                "assigner=dict(type='DynamicSoftLabelAssigner') or 'FusedDynamicSoftLabelAssigner', "
+                f"or the stock head type '{[s for s, f in FAST_RTMDET_HEADS.items() if f == kind][0]}'")
+                for k, a in other]
+    if not heads and horizontal:  # another head on the stock assigner: the assigner alone is a drop-in
+        findings += [Finding(
+            WARNING, f"{key}.type", "mmdet's DynamicSoftLabelAssigner", DSL_MEMORY,
+            f"type='FusedDynamicSoftLabelAssigner' (fastops: same arguments and AssignResult) with "
+            f"{FASTOPS_IMPORT}") for key, node in assigners if type_name(node) == "DynamicSoftLabelAssigner"]
+    uses_fastops = [key for key, node in heads if type_name(node) in FAST_RTMDET_HEADS.values()]
+    uses_fastops += [key for key, node in assigners if type_name(node) == "FusedDynamicSoftLabelAssigner"]
+    if uses_fastops and not _imports_fastops_mm(cfg):
+        findings += [Finding(
+            ERROR, f"{key}.type", f"{type_name(lookup(cfg, key))} without importing fastops.mm",
+            "the fastops types register into mmdet's registries when fastops.mm is imported; "
+            "without it building the model fails with a KeyError (not in the registry)",
+            FASTOPS_IMPORT) for key in uses_fastops]
+    return findings
+
+
 SECOND_STAGE_SKIPPED = (
     "RTMO's second stage (proxy_target_cc and the raised loss_mle/loss_oks weights) is "
     "skipped, and the published accuracy is reached only with it")
@@ -660,6 +732,7 @@ CHECKS = (
     check_dataset_metainfo,
     check_detection_classes,
     check_amp_classification_loss,
+    check_rtmdet_assignment,
     check_mode_switch_epoch,
     check_mle_loss_weight,
     check_checkpoint_survival,

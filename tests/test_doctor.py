@@ -18,11 +18,14 @@ RTMO_S = "mmpose::body_2d_keypoint/rtmo/coco/rtmo-s_8xb32-600e_coco-640x640.py"
 RTMO_M = "mmpose::body_2d_keypoint/rtmo/coco/rtmo-m_16xb16-600e_coco-640x640.py"
 FASTER_RCNN = "mmdet::faster_rcnn/faster-rcnn_r50_fpn_1x_coco.py"
 YOLOX_S = "mmdet::yolox/yolox_s_8xb8-300e_coco.py"
+RTMDET_S = "mmdet::rtmdet/rtmdet_s_8xb32-300e_coco.py"
+RTMDET_INS_S = "mmdet::rtmdet/rtmdet-ins_s_8xb32-300e_coco.py"
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # The launches the stock configs were published with: the NxbB of their names; Faster R-CNN
 # 1x, whose name has none, is 8 GPUs x 2 images (its auto_scale_lr.base_batch_size=16).
-PUBLISHED_LAUNCH = {RTMO_S: (8, 32), RTMO_M: (16, 16), FASTER_RCNN: (8, 2), YOLOX_S: (8, 8)}
+PUBLISHED_LAUNCH = {RTMO_S: (8, 32), RTMO_M: (16, 16), FASTER_RCNN: (8, 2), YOLOX_S: (8, 8), RTMDET_S: (8, 32),
+                    RTMDET_INS_S: (8, 32)}
 
 OWN_AUGMENT_PIPELINE = """[
     dict(type='LoadImage'),
@@ -275,6 +278,68 @@ def test_amp_with_safe_cross_entropy_is_quiet(tmp_path):
 
 
 # ------------------------------------------------------------------ RTMO mode switch / MLE weight
+# ------------------------------------------------------------------ RTMDet assignment
+@pytest.mark.parametrize("base, fast_head", [(RTMDET_S, "FastRTMDetSepBNHead"),
+                                             (RTMDET_INS_S, "FastRTMDetInsSepBNHead")])
+def test_stock_rtmdet_gets_the_fastops_head_suggested(tmp_path, base, fast_head):
+    findings = diagnose(tmp_path, base)
+    assert [(f.severity, f.key) for f in findings] == [(doctor.WARNING, "model.bbox_head.type")]
+    assert f"type='{fast_head}'" in findings[0].fix and "fastops.mm" in findings[0].fix
+    assert "DynamicSoftLabelAssigner" in findings[0].problem and "#9616" in findings[0].why
+
+
+def test_fastops_rtmdet_types_are_quiet(tmp_path):
+    findings = diagnose(tmp_path, RTMDET_S, """
+        custom_imports = dict(imports=['fastops.mm'], allow_failed_imports=False)
+        model = dict(bbox_head=dict(type='FastRTMDetSepBNHead'))
+    """)
+    assert findings == []  # the stock assigner name is fine: the fast head builds it fused
+
+
+def test_stock_head_on_the_fused_assigner_is_quiet(tmp_path):
+    findings = diagnose(tmp_path, RTMDET_S, """
+        custom_imports = dict(imports=['fastops.mm'])
+        model = dict(train_cfg=dict(assigner=dict(type='FusedDynamicSoftLabelAssigner')))
+    """)
+    assert findings == []
+
+
+def test_fastops_rtmdet_types_without_the_import(tmp_path):
+    findings = diagnose(tmp_path, RTMDET_S, """
+        model = dict(bbox_head=dict(type='FastRTMDetSepBNHead'),
+                     train_cfg=dict(assigner=dict(type='FusedDynamicSoftLabelAssigner')))
+    """)
+    assert sorted((f.severity, f.key) for f in findings) == [
+        (doctor.ERROR, "model.bbox_head.type"), (doctor.ERROR, "model.train_cfg.assigner.type")]
+    assert all("fastops.mm" in f.fix for f in findings)
+
+
+def test_fast_rtmdet_head_with_another_assigner(tmp_path):
+    findings = diagnose(tmp_path, RTMDET_S, """
+        custom_imports = dict(imports=['fastops.mm'])
+        model = dict(bbox_head=dict(type='FastRTMDetSepBNHead'),
+                     train_cfg=dict(assigner=dict(_delete_=True, type='ATSSAssigner', topk=9)))
+    """)
+    assert [(f.severity, f.key) for f in findings] == [(doctor.ERROR, "model.train_cfg.assigner.type")]
+    assert "ATSSAssigner" in findings[0].problem
+
+
+def test_other_head_on_the_stock_assigner_gets_the_fused_assigner(tmp_path):
+    findings = diagnose(tmp_path, YOLOX_S, """
+        model = dict(train_cfg=dict(assigner=dict(_delete_=True, type='DynamicSoftLabelAssigner', topk=13)))
+    """)
+    assert [(f.severity, f.key) for f in findings] == [(doctor.WARNING, "model.train_cfg.assigner.type")]
+    assert "type='FusedDynamicSoftLabelAssigner'" in findings[0].fix
+
+
+def test_rotated_dynamic_soft_label_assignment_is_not_flagged(tmp_path):
+    """RTMDet-R (mmrotate) assigns rotated boxes: fastops has no drop-in for it."""
+    findings = diagnose(tmp_path, RTMDET_S, """
+        model = dict(train_cfg=dict(assigner=dict(iou_calculator=dict(type='RBboxOverlaps2D'))))
+    """)
+    assert findings == []
+
+
 def test_mode_switch_after_the_last_epoch(tmp_path):
     [finding] = diagnose(tmp_path, RTMO_S, "train_cfg = dict(max_epochs=100)\n")
     assert finding.severity == doctor.ERROR
@@ -421,7 +486,7 @@ def test_importing_doctor_imports_no_mm_package():
 # ------------------------------------------------------------------ the repo's configs
 def repo_configs():
     paths = []
-    for family in ("rtmo", "faster_rcnn", "yolox"):
+    for family in ("rtmo", "faster_rcnn", "yolox", "rtmdet"):
         paths += glob.glob(os.path.join(REPO, "configs", family, "*.py"))
     return sorted(p for p in paths if "smoke" not in os.path.basename(p))
 
@@ -440,6 +505,23 @@ def test_repo_configs_pass_cleanly(path):
 
 FASTOPS_POSE_CONFIGS = sorted(glob.glob(os.path.join(REPO, "configs", "rtmo", "rtmo-*.py"))
                               + glob.glob(os.path.join(REPO, "configs", "yoloxpose", "*.py")))
+
+
+FASTOPS_RTMDET_CONFIGS = sorted(glob.glob(os.path.join(REPO, "configs", "rtmdet", "*.py")))
+
+
+@pytest.mark.parametrize("config", FASTOPS_RTMDET_CONFIGS, ids=os.path.basename)
+def test_fastops_rtmdet_configs_load_clean_at_their_published_launch(config):
+    """Loaded with mmengine's Config.fromfile (mmdet:: base), clean, and switched to the fastops types."""
+    needs("mmdet::")
+    from mmengine.config import Config
+    cfg = Config.fromfile(config)
+    nproc, batch = re.search(r"_(\d+)xb(\d+)-", config).groups()
+    target, findings = doctor.examine(config, int(nproc), int(batch))
+    assert findings == []
+    assert cfg.model.bbox_head.type in ("FastRTMDetSepBNHead", "FastRTMDetInsSepBNHead")
+    assert target.cfg["model"]["train_cfg"]["assigner"]["type"] == "FusedDynamicSoftLabelAssigner"
+    assert cfg.custom_imports.imports == ["fastops.mm"]
 
 
 @pytest.mark.parametrize("config", FASTOPS_POSE_CONFIGS, ids=os.path.basename)
