@@ -25,7 +25,8 @@ struct Params {
   int64_t P, G, C;
 };
 
-// Raw pointers of one image (batch offsets applied); gt_centers and cls_neg_sum are derived buffers.
+// Raw pointers of one image (batch offsets applied); gt_centers and cls_neg_sum are derived buffers
+// (the CPU kernel fills cls_neg_sum lazily, and passes it to pair_cost itself).
 struct ImageData {
   const float* priors;       // [P,4] x, y, stride_x, stride_y
   const float* boxes;        // [P,4] xyxy
@@ -60,25 +61,35 @@ FASTOPS_HD bool prior_is_valid(const ImageData& img, int64_t p) {
 }
 
 // torch's CPU kernels: log_sigmoid(x) = min(x, 0) - log1p(exp(-|x|)), sigmoid(x) = 1 / (1 + exp(-x)).
-FASTOPS_HD float log_sigmoid(float x) { return sub_rn(min_f(x, 0.f), log1p_f(exp_f(-fabsf(x)))); }
-FASTOPS_HD float sigmoid(float x) { return div_rn(1.f, add_rn(1.f, exp_f(-x))); }
+struct LogitTerms {
+  float log_sigmoid, sigmoid;
+};
+FASTOPS_HD LogitTerms logit_terms(float x) {
+  return {sub_rn(min_f(x, 0.f), log1p_f(exp_f(-fabsf(x)))), div_rn(1.f, add_rn(1.f, exp_f(-x)))};
+}
 
 // BCE-with-logits(x, t) * |t - sigmoid(x)|^2, as torch: ((1 - t) * x - log_sigmoid(x)) * d * d.
-FASTOPS_HD float soft_label_bce(float x, float t) {
-  const float d = fabsf(sub_rn(t, sigmoid(x)));
-  return mul_rn(sub_rn(mul_rn(sub_rn(1.f, t), x), log_sigmoid(x)), mul_rn(d, d));
+FASTOPS_HD float soft_label_bce(float x, float t, const LogitTerms& terms) {
+  const float d = fabsf(sub_rn(t, terms.sigmoid));
+  return mul_rn(sub_rn(mul_rn(sub_rn(1.f, t), x), terms.log_sigmoid), mul_rn(d, d));
 }
 
 FASTOPS_HD double class_neg_sum(const ImageData& img, const Params& prm, int64_t p) {
   double total = 0.0;
-  for (int64_t c = 0; c < prm.C; ++c) total += static_cast<double>(soft_label_bce(img.scores[p * prm.C + c], 0.f));
+  for (int64_t c = 0; c < prm.C; ++c) {
+    const float x = img.scores[p * prm.C + c];
+    total += static_cast<double>(soft_label_bce(x, 0.f, logit_terms(x)));
+  }
   return total;
 }
 
-FASTOPS_HD float pair_cls_cost(const ImageData& img, const Params& prm, int64_t p, int64_t g, float iou) {
+// The class cost of gt g given the prior's class_neg_sum: its label's term moves from t = 0 to t = IoU.
+FASTOPS_HD float pair_cls_cost(const ImageData& img, const Params& prm, int64_t p, int64_t g, float iou,
+                               double neg_sum) {
   const float x = img.scores[p * prm.C + img.gt_labels[g]];
-  return static_cast<float>(img.cls_neg_sum[p] - static_cast<double>(soft_label_bce(x, 0.f)) +
-                            static_cast<double>(soft_label_bce(x, iou)));
+  const LogitTerms terms = logit_terms(x);
+  return static_cast<float>(neg_sum - static_cast<double>(soft_label_bce(x, 0.f, terms)) +
+                            static_cast<double>(soft_label_bce(x, iou, terms)));
 }
 
 // 10 ** (|prior centre - gt centre| / stride_x - soft_center_radius).
@@ -93,9 +104,10 @@ FASTOPS_HD float pair_iou(const ImageData& img, int64_t p, int64_t g) {
   return dynamic_k::box_iou(img.boxes + p * 4, img.gt_boxes + g * 4);
 }
 
-FASTOPS_HD float pair_cost(const ImageData& img, const Params& prm, int64_t p, int64_t g, float iou) {
+FASTOPS_HD float pair_cost(const ImageData& img, const Params& prm, int64_t p, int64_t g, float iou,
+                           double neg_sum) {
   const float iou_cost = mul_rn(dynamic_k::neg_log_eps(iou), prm.iou_weight);
-  return add_rn(add_rn(pair_cls_cost(img, prm, p, g, iou), iou_cost), center_cost(img, prm, p, g));
+  return add_rn(add_rn(pair_cls_cost(img, prm, p, g, iou, neg_sum), iou_cost), center_cost(img, prm, p, g));
 }
 
 }  // namespace soft_label

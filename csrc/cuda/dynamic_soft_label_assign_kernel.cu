@@ -56,7 +56,7 @@ __global__ void pair_costs(ImageData base, Params prm, const int64_t* num_gts, i
   const ImageData img = soft_label::image_at(base, prm, b, num_gt);
   if (p == 0) dynamic_k::check_gt_label(SoftLabelPairs::op_name(), img.gt_labels[g], b, g, prm.C);
   if (!valid[b * prm.P + p]) return;
-  cost[i] = soft_label::pair_cost(img, prm, p, g, soft_label::pair_iou(img, p, g));
+  cost[i] = soft_label::pair_cost(img, prm, p, g, soft_label::pair_iou(img, p, g), img.cls_neg_sum[p]);
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> dynamic_soft_label_assign_cuda(
