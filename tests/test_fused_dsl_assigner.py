@@ -293,3 +293,11 @@ def test_bad_batch_arguments_are_named():
         assigner.assign_batch(priors, bboxes, scores[:, :-1], [gt])
     with pytest.raises(ValueError, match='priors must be'):
         assigner.assign_batch(priors[:, :2], bboxes, scores, [gt])
+
+
+def test_label_outside_the_classes_is_named():
+    priors = torch.tensor([[8.0, 8.0, 8.0, 8.0]])
+    pred = InstanceData(priors=priors, bboxes=torch.tensor([[0.0, 0.0, 16.0, 16.0]]), scores=torch.zeros(1, 3))
+    gt = InstanceData(bboxes=torch.tensor([[0.0, 0.0, 16.0, 16.0]]), labels=torch.tensor([5]))
+    with pytest.raises(RuntimeError, match='gt_labels'):
+        FusedDynamicSoftLabelAssigner().assign(pred, gt)
