@@ -290,6 +290,17 @@ def test_mmdet_dropin_matches_stock(seed, mmdet_scope):
             torch.testing.assert_close(getattr(got, key), getattr(expected, key), rtol=0, atol=1e-5)
 
 
+@pytest.mark.parametrize('spelling', ['BboxOverlaps2D', 'BBoxOverlaps2D'])
+def test_mmdet_dropin_takes_either_spelling_of_the_iou_calculator(spelling, mmdet_scope):
+    """mmdet registers BboxOverlaps2D, mmpose BBoxOverlaps2D: both name the IoU the kernel computes."""
+    pytest.importorskip('mmdet')
+    import fastops.mm  # noqa: F401
+    from mmdet.registry import TASK_UTILS
+    assert TASK_UTILS.build(dict(type='FusedSimOTAAssigner', iou_calculator=dict(type=spelling)))
+    with pytest.raises(ValueError, match='FusedSimOTAAssigner computes the fp32 BboxOverlaps2D'):
+        TASK_UTILS.build(dict(type='FusedSimOTAAssigner', iou_calculator=dict(type=spelling, dtype='fp16')))
+
+
 def test_stress_8400_priors_500_gts_peak_memory():
     """P=8400, G=500, K=17 in a fresh process: peak extra memory far under 4 GiB (stock: see RESULTS)."""
     script = os.path.join(os.path.dirname(__file__), '..', 'bench', 'simota_stress_memory.py')

@@ -16,10 +16,16 @@ from fastops.ops.simota_assign import simota_assign
 INF = 100000.0
 
 
-def _check_iou_calculator(iou_calculator: dict) -> None:
+def _check_iou_calculator(iou_calculator: dict, assigner: str) -> None:
+    """The default fp32 scale-1 ``BboxOverlaps2D`` (mmdet's spelling) / ``BBoxOverlaps2D`` (mmpose's)
+    is the only IoU the kernels compute."""
     cfg = dict(iou_calculator)
-    if cfg.pop('type', None) != 'BBoxOverlaps2D' or cfg.get('dtype') not in (None, 'fp32'):
-        raise ValueError(f'FusedSimOTAAssigner computes the fp32 BBoxOverlaps2D IoU itself; got {iou_calculator}')
+    kind = cfg.pop('type', None)
+    kind = kind if isinstance(kind, str) else getattr(kind, '__name__', str(kind))
+    if (kind.split('.')[-1] not in ('BboxOverlaps2D', 'BBoxOverlaps2D') or cfg.get('dtype') not in (None, 'fp32')
+            or float(cfg.get('scale', 1.0)) != 1.0 or set(cfg) - {'dtype', 'scale'}):
+        raise ValueError(f'{assigner} computes the fp32 BboxOverlaps2D IoU (scale 1.0) itself; '
+                         f'got iou_calculator={iou_calculator}')
 
 
 def _pad(tensors: Sequence[Tensor], length: int, device) -> Tensor:
@@ -97,7 +103,7 @@ class FusedSimOTAAssigner(_SimOTASettings):
                  iou_calculator: dict = dict(type='BBoxOverlaps2D'), oks_calculator: dict = dict(type='PoseOKS')):
         super().__init__(center_radius, candidate_topk, iou_weight, cls_weight, oks_weight, vis_weight,
                          dynamic_k_indicator, use_keypoints_for_center)
-        _check_iou_calculator(iou_calculator)
+        _check_iou_calculator(iou_calculator, 'FusedSimOTAAssigner')
         self.oks_calculator = MMPOSE_TASK_UTILS.build(oks_calculator)
 
     def _sigmas(self, num_keypoints: int, device) -> Tensor:
@@ -151,7 +157,7 @@ class FusedSimOTAAssignerYOLOX(_SimOTASettings):
     def __init__(self, center_radius: float = 2.5, candidate_topk: int = 10, iou_weight: float = 3.0,
                  cls_weight: float = 1.0, iou_calculator: dict = dict(type='BBoxOverlaps2D')):
         super().__init__(center_radius, candidate_topk, iou_weight, cls_weight)
-        _check_iou_calculator(iou_calculator)
+        _check_iou_calculator(iou_calculator, 'FusedSimOTAAssigner')
 
     @torch.no_grad()
     def assign(self, pred_instances, gt_instances, gt_instances_ignore: Optional[object] = None, **kwargs):
@@ -187,17 +193,6 @@ class FusedSimOTAAssignerYOLOX(_SimOTASettings):
 
 # ------------------------------------------------------------------ dynamic soft-label assignment
 DSL_EPS = 1e-7  # stock: eps of the masks' centres of mass
-
-
-def _check_dsl_iou_calculator(iou_calculator: dict) -> None:
-    """mmdet's default ``BboxOverlaps2D`` (fp32, scale 1) is the only IoU the kernel computes."""
-    cfg = dict(iou_calculator)
-    kind = cfg.pop('type', None)
-    kind = kind if isinstance(kind, str) else getattr(kind, '__name__', str(kind))
-    if (kind.split('.')[-1] not in ('BboxOverlaps2D', 'BBoxOverlaps2D') or cfg.get('dtype') not in (None, 'fp32')
-            or float(cfg.get('scale', 1.0)) != 1.0 or set(cfg) - {'dtype', 'scale'}):
-        raise ValueError('FusedDynamicSoftLabelAssigner computes the fp32 BboxOverlaps2D IoU (scale 1.0) itself; '
-                         f'got iou_calculator={iou_calculator}')
 
 
 def _horizontal_boxes(boxes, name: str) -> Tensor:
@@ -259,7 +254,7 @@ class FusedDynamicSoftLabelAssigner:
 
     def __init__(self, soft_center_radius: float = 3.0, topk: int = 13, iou_weight: float = 3.0,
                  iou_calculator: dict = dict(type='BboxOverlaps2D')):
-        _check_dsl_iou_calculator(iou_calculator)
+        _check_iou_calculator(iou_calculator, 'FusedDynamicSoftLabelAssigner')
         if int(topk) < 1:
             raise ValueError(f'FusedDynamicSoftLabelAssigner: topk must be >= 1, got {topk}')
         self.soft_center_radius = float(soft_center_radius)
