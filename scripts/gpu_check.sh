@@ -7,6 +7,7 @@
 #                  sync-debug mode, CUDA graphs, second device) and the rest; OpenMMLab tests skip,
 #                  tests/test_gpu_check.py (this script's own CPU-side checks) is left out
 #   simota_sweep   simota_assign CUDA vs CPU, bitwise, on thousands of seeded images
+#   soft_label_sweep  dynamic_soft_label_assign CUDA vs CPU, the same way
 #   sanitizer_*    compute-sanitizer memcheck, initcheck, racecheck, synccheck over
 #                  scripts/gpu_check/sanitizer_cases.py (every kernel, forward and backward)
 #   bench          scripts/gpu_check/cuda_bench.py -> OUT_DIR/bench.json
@@ -114,7 +115,8 @@ run_steps() {
   step info 60 "$python" -m fastops info
   step tests 240 "$python" -m pytest tests -q -rs -m "not slow" --ignore=tests/test_gpu_check.py \
     --junitxml="$out/tests.xml"
-  step simota_sweep 120 "$python" scripts/gpu_check/simota_sweep.py --images 4096
+  step simota_sweep 120 "$python" scripts/gpu_check/assign_sweep.py --op simota --images 4096
+  step soft_label_sweep 90 "$python" scripts/gpu_check/assign_sweep.py --op soft_label --images 2048
   # Caching off, so that every tensor is its own allocation the sanitizer can check. API errors are
   # not reported: torch's own probing calls may fail on purpose, and a failing call of fastops
   # raises in the script anyway. racecheck and synccheck (shared memory, barriers) look at

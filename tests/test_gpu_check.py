@@ -14,7 +14,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "scripts" / "gpu_check.sh"
 HELPERS = ROOT / "scripts" / "gpu_check"
 NO_CUDA_DEVICE = 3
-STEPS = ("build", "info", "tests", "simota_sweep", "sanitizer_memcheck", "sanitizer_initcheck",
+STEPS = ("build", "info", "tests", "simota_sweep", "soft_label_sweep", "sanitizer_memcheck", "sanitizer_initcheck",
          "sanitizer_racecheck", "sanitizer_synccheck", "bench", "bench_report")
 NO_GPU = dict(os.environ, CUDA_VISIBLE_DEVICES="", PYTHON=sys.executable)
 
@@ -119,7 +119,7 @@ def test_a_build_past_the_budget_times_out_and_the_rest_is_skipped(tmp_path, sta
     assert all(f"| {step} | skipped (the build failed) |" in summary for step in STEPS[1:])
 
 
-@pytest.mark.parametrize("helper", ["sanitizer_cases.py", "simota_sweep.py", "cuda_bench.py"])
+@pytest.mark.parametrize("helper", ["sanitizer_cases.py", "assign_sweep.py", "cuda_bench.py"])
 def test_helpers_need_a_gpu_by_default(helper, tmp_path):
     extra = ("--out", tmp_path / "bench.json") if helper == "cuda_bench.py" else ()
     result = run(sys.executable, HELPERS / helper, *extra)
@@ -139,8 +139,10 @@ def test_sanitizer_cases_run_on_the_cpu_kernels():
     assert "sanitizer cases: done" in result.stdout
 
 
-def test_simota_sweep_on_cpu_counts_no_difference():
-    result = run(sys.executable, HELPERS / "simota_sweep.py", "--device", "cpu", "--images", "40", "--batch", "20")
+@pytest.mark.parametrize("op", ["simota", "soft_label"])
+def test_assign_sweep_on_cpu_counts_no_difference(op):
+    result = run(sys.executable, HELPERS / "assign_sweep.py", "--op", op, "--device", "cpu", "--images", "40",
+                 "--batch", "20")
     assert result.returncode == 0, result.stderr
     assert "gt_inds differ: 0 images, 0 priors" in result.stdout and "result: identical" in result.stdout
 

@@ -18,6 +18,8 @@ CUDA events after WARMUP calls. Groups:
   simota_assign B P G       one batched call (B = 32, P = 8400, G = 20/100/500, RTMO settings) vs
                             `stock_reference`, the per-image loop of fastops/reference (the stock
                             semantics in pure PyTorch), on the same device
+  dynamic_soft_label_assign one batched call (B = 32, P = 8400, C = 80, G = 20/100/500, RTMDet
+    B P G                   settings) vs `stock_reference`, fastops/reference's per-image loop
   mlecc_from_logits N       forward + backward at N = 512/4096 (K = 17, bins 192x256) vs
                             `stock_reference`: RTMO's stock graph (DCC softmax, Laplace heatmaps,
                             MLECCLoss) from fastops/reference
@@ -51,7 +53,10 @@ from conftest import peak_memory_mib  # bench/conftest.py
 from cuda_graphs import capture
 from fastops.reference.mlecc_loss import stock_loss_from_logits
 from fastops.reference.simota_assign import simota_assign_reference
+from fastops.reference.dynamic_soft_label_assign import dynamic_soft_label_assign_reference
 from simota_cases import RTMO_CONFIG, batch_to, random_batch
+from soft_label_cases import RTMDET_CONFIG
+from soft_label_cases import random_batch as soft_label_batch
 
 WARMUP = 2
 DTYPES = {'fp16': torch.float16, 'bf16': torch.bfloat16, 'fp32': torch.float32}
@@ -149,6 +154,19 @@ def simota_rows(plan, device, num_gts, impl):
     yield row(group, impl, seconds_per_call(call, device, rounds), peak_mib=round(peak_memory_mib(call, device), 2))
 
 
+def soft_label_rows(plan, device, num_gts, impl):
+    args = [a.to(device) for a in soft_label_batch(0, 640, [num_gts] * plan.simota_batch, 80,
+                                                    strides=plan.simota_strides)]
+    assign = fastops.dynamic_soft_label_assign if impl == 'fastops' else dynamic_soft_label_assign_reference
+
+    def call():
+        assign(*args, **RTMDET_CONFIG)
+
+    rounds = plan.rounds if impl == 'fastops' else plan.stock_rounds
+    group = f'dynamic_soft_label_assign B={plan.simota_batch} P={args[0].size(0)} G={num_gts} {device.type}'
+    yield row(group, impl, seconds_per_call(call, device, rounds), peak_mib=round(peak_memory_mib(call, device), 2))
+
+
 def mlecc_rows(plan, device, n, impl):
     case = logits_inputs(n, device)
     leaves = [case[name] for name in GRAD_INPUTS]
@@ -171,6 +189,8 @@ def jobs(plan, device):
         yield f'cross-entropy {shape} {dtype_name} {impl}', cross_entropy_rows(plan, device, shape, dtype_name, impl)
     for num_gts, impl in product(plan.simota_gts, ('fastops', 'stock_reference')):
         yield f'simota_assign G={num_gts} {impl}', simota_rows(plan, device, num_gts, impl)
+    for num_gts, impl in product(plan.simota_gts, ('fastops', 'stock_reference')):
+        yield f'dynamic_soft_label_assign G={num_gts} {impl}', soft_label_rows(plan, device, num_gts, impl)
     for n, impl in product(plan.mlecc_sizes, ('fastops', 'stock_reference')):
         yield f'mlecc N={n} {impl}', mlecc_rows(plan, device, n, impl)
 

@@ -8,7 +8,8 @@ modes: N = 0, C = 1, every row ignored, ±inf / NaN / 65504 logits, C = 1204, tr
 MLECC from logits and from probabilities: N = 0, one bin, bin counts off the warp size, rows with
 non-finite or negative inputs, no weight, float64. SimOTA (RTMO, IoU + visibility and YOLOX
 settings): images without gts, G = 0, B = 0, P = 0 and 1, gts far from every prior, tiny boxes,
-NaN / ±inf predictions. `--device cpu` makes the same calls on the CPU kernels, which checks the
+NaN / ±inf predictions. Dynamic soft-label assignment: the same edges, many classes, crowded
+images, given gt centres. `--device cpu` makes the same calls on the CPU kernels, which checks the
 cases without a GPU. Exit status: 0 done, 3 no CUDA device.
 """
 import argparse
@@ -22,6 +23,8 @@ from gpu_check_common import NO_CUDA_DEVICE, cuda_missing
 import fastops  # after gpu_check_common, which puts the checkout (and tests/) on sys.path
 from fastops.reference.mlecc_loss import random_rtmo_case
 from mlecc_cases import with_invalid_rows
+from soft_label_cases import RTMDET_CONFIG
+from soft_label_cases import random_batch as soft_label_batch
 from simota_cases import (IOU_VIS_CONFIG, RTMO_CONFIG, YOLOX_CONFIG, batch_to, first_priors, no_images, random_batch,
                           with_nonfinite, without_gt_slots)
 
@@ -137,6 +140,33 @@ def run_simota(device):
     return len(cases)
 
 
+# ------------------------------------------------------------------- dynamic soft-label assignment
+
+
+def soft_label_cases():
+    """(args, keyword arguments) of dynamic_soft_label_assign: 64x64 images (P = 84) unless stated."""
+    base = soft_label_batch(0, 64, [0, 1, 5], 80)
+    crowded = soft_label_batch(1, 160, [120, 7], 3)  # P = 525, G far above topk
+    nonfinite, _ = with_nonfinite(soft_label_batch(2, 64, [5, 4], 7), {}, seed=2, rate=0.05)
+    priors, boxes, scores, gt_boxes, labels, num_gts = base
+    centres = (gt_boxes[..., :2] + gt_boxes[..., 2:]) / 2 + 3
+    return [(base, {}), (crowded, {}), (nonfinite, {}), (base, dict(gt_centers=centres)),
+            (soft_label_batch(3, 64, [4, 2], 1, kind="nowhere"), {}),
+            (soft_label_batch(4, 64, [6, 1], 80, kind="tiny"), dict(topk=1, iou_weight=0.0)),
+            ((priors, boxes, scores, gt_boxes[:, :0], labels[:, :0], torch.zeros_like(num_gts)), {}),
+            ((priors, boxes[:0], scores[:0], gt_boxes[:0], labels[:0], num_gts[:0]), {}),
+            ((priors[:0], boxes[:, :0], scores[:, :0], gt_boxes, labels, num_gts), {}),
+            ((priors[:1], boxes[:, :1], scores[:, :1], gt_boxes, labels, num_gts), {})]
+
+
+def run_soft_label(device):
+    cases = soft_label_cases()
+    for args, kwargs in cases:
+        kwargs = {name: t.to(device) if torch.is_tensor(t) else t for name, t in kwargs.items()}
+        fastops.dynamic_soft_label_assign(*(a.to(device) for a in args), **{**RTMDET_CONFIG, **kwargs})
+    return len(cases)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", choices=("cuda", "cpu"), default="cuda")
@@ -144,7 +174,8 @@ def main(argv=None) -> int:
     if cuda_missing(args.device):
         return NO_CUDA_DEVICE
     device = torch.device(args.device)
-    for op, run in (("cross-entropy", run_cross_entropy), ("mlecc", run_mlecc), ("simota_assign", run_simota)):
+    for op, run in (("cross-entropy", run_cross_entropy), ("mlecc", run_mlecc), ("simota_assign", run_simota),
+                    ("dynamic_soft_label_assign", run_soft_label)):
         print(f"{op}: {run(device)} calls on {device}", flush=True)
     if device.type == "cuda":
         torch.cuda.synchronize()
