@@ -17,13 +17,15 @@ commands:
 
 
 def run_benchmarks(argv) -> int:
-    """Runs pytest-benchmark on the repository's bench/ folder; extra args go to pytest."""
+    """Runs pytest-benchmark on the repository's bench/ folder, or on the bench files named in the
+    arguments; the other arguments go to pytest."""
     bench_dir = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bench")
     if not os.path.isdir(bench_dir):
         print(f"error: no benchmark folder at {bench_dir} (benchmarks ship with the source "
               "checkout, not the installed package)", file=sys.stderr)
         return 2
-    cmd = [sys.executable, "-m", "pytest", bench_dir, "--benchmark-only", "-q",
+    named = [arg for arg in argv if not arg.startswith("-") and os.path.exists(arg)]
+    cmd = [sys.executable, "-m", "pytest", *([] if named else [bench_dir]), "--benchmark-only", "-q",
            "--benchmark-group-by=group", "--benchmark-columns=min,median,mean,stddev,rounds",
            *argv]
     return subprocess.call(cmd)

@@ -51,12 +51,11 @@ FASTOPS_HD float log1p_f(float a) {
   return std::log1p(a);
 #endif
 }
+// pow through double on both sides: the stock CPU code takes Sleef's or libm's powf by position in
+// the tensor, so no float pow matches it everywhere; the double result rounds the same on host and
+// device.
 FASTOPS_HD float pow_f(float base, float exponent) {
-#ifdef __CUDA_ARCH__
   return static_cast<float>(::pow(static_cast<double>(base), static_cast<double>(exponent)));
-#else
-  return std::pow(base, exponent);
-#endif
 }
 // torch.maximum / torch.minimum / clamp: NaN in either argument gives NaN (fmaxf/fminf would drop
 // it, so that a NaN box got a finite overlap over the 1e-6 union floor: a huge IoU).
