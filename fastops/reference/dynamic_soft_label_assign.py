@@ -5,7 +5,7 @@ with the stock formulas on [V, G] matrices (V: the valid priors of the image). T
 not built as the stock [V, G, C] tensor: its sum over classes is the sum of the target-0 terms
 (one per prior, in float64) corrected at the gt's label, as the kernels compute it. Dynamic-k
 matching, its tie rule (lower prior index first) and its NaN rule are those of the SimOTA
-reference (:func:`fastops.reference.simota_assign.dynamic_k_match`).
+reference (:func:`fastops.reference.simota_assign.match_rows`).
 """
 from typing import Optional, Tuple
 
@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from fastops.reference.simota_assign import box_iou, dynamic_k_match
+from fastops.reference.simota_assign import box_iou, empty_rows, match_rows
 
 INF = 100000000.0  # stock: max_overlaps of the priors left unmatched
 EPS = 1e-7
@@ -35,29 +35,19 @@ def _class_cost(scores: Tensor, gt_labels: Tensor, ious: Tensor) -> Tensor:
 
 def _assign_image(priors: Tensor, boxes: Tensor, scores: Tensor, gt_boxes: Tensor, gt_labels: Tensor,
                   gt_centers: Tensor, cfg: dict) -> Tuple[Tensor, Tensor, Tensor]:
-    num_priors, num_gt = boxes.size(0), gt_boxes.size(0)
-    gt_inds = torch.zeros(num_priors, dtype=torch.long, device=boxes.device)
-    labels = torch.full((num_priors, ), -1, dtype=torch.long, device=boxes.device)
     x, y = priors[:, 0:1], priors[:, 1:2]
     in_box = ((x - gt_boxes[:, 0] > 0) & (y - gt_boxes[:, 1] > 0) & (gt_boxes[:, 2] - x > 0)
               & (gt_boxes[:, 3] - y > 0))
     valid = in_box.any(1)
-    if num_gt == 0 or not bool(valid.any()):
-        return gt_inds, boxes.new_zeros(num_priors), labels
+    if gt_boxes.size(0) == 0 or not bool(valid.any()):
+        return empty_rows(boxes.size(0), boxes)
     valid_priors = priors[valid]
     distance = (valid_priors[:, None, :2] - gt_centers[None]).pow(2).sum(-1).sqrt() / valid_priors[:, 2:3]
     center_cost = torch.pow(10, distance - cfg['soft_center_radius'])
     ious = box_iou(boxes[valid], gt_boxes)
     iou_cost = -torch.log(ious + EPS) * cfg['iou_weight']
     cost = _class_cost(scores[valid], gt_labels, ious) + iou_cost + center_cost
-    gt_of_valid, overlap_of_valid = dynamic_k_match(cost, ious, cfg['topk'])
-    matched = gt_of_valid >= 0
-    valid_idx = valid.nonzero()[:, 0][matched]
-    gt_inds[valid_idx] = gt_of_valid[matched] + 1
-    labels[valid_idx] = gt_labels[gt_of_valid[matched]]
-    overlaps = torch.full((num_priors, ), -INF, dtype=torch.float32, device=boxes.device)
-    overlaps[valid_idx] = overlap_of_valid[matched]
-    return gt_inds, overlaps, labels
+    return match_rows(valid, gt_labels, cost, ious, cfg['topk'], -INF)
 
 
 def dynamic_soft_label_assign_reference(priors: Tensor, pred_bboxes: Tensor, pred_scores: Tensor, gt_bboxes: Tensor,

@@ -71,14 +71,11 @@ def _bce_sum(probs: Tensor, targets: Tensor) -> Tensor:
 
 def _assign_image(priors, boxes, scores, kpts, kpt_vis, gt_boxes, gt_labels, gt_kpts, gt_vis, gt_areas, sigmas,
                   cfg) -> Tuple[Tensor, Tensor, Tensor]:
-    num_priors, num_gt = boxes.size(0), gt_boxes.size(0)
-    gt_inds = torch.zeros(num_priors, dtype=torch.long, device=boxes.device)
-    labels = torch.full((num_priors, ), -1, dtype=torch.long, device=boxes.device)
     pose = kpts is not None
     centers = _gt_centers(gt_boxes, gt_kpts, gt_vis, cfg['use_keypoints_for_center'])
     valid, inbc = _in_box_and_center(priors, gt_boxes, centers, cfg['center_radius'])
-    if num_gt == 0 or not bool(valid.any()):
-        return gt_inds, boxes.new_zeros(num_priors), labels
+    if gt_boxes.size(0) == 0 or not bool(valid.any()):
+        return empty_rows(boxes.size(0), boxes)
     outside = (~inbc[valid]).float() * INF
     ious = box_iou(boxes[valid], gt_boxes)
     iou_cost = -torch.log(ious + EPS)
@@ -98,12 +95,27 @@ def _assign_image(priors, boxes, scores, kpts, kpt_vis, gt_boxes, gt_labels, gt_
     else:  # mmdet (YOLOX) summation order
         cost = cls_cost * cfg['cls_weight'] + iou_cost * cfg['iou_weight'] + outside
     indicator = oks if cfg['dynamic_k_indicator'] == 'oks' else ious
-    gt_of_valid, overlap_of_valid = dynamic_k_match(cost, indicator, cfg['candidate_topk'])
+    return match_rows(valid, gt_labels, cost, indicator, cfg['candidate_topk'], -INF)
+
+
+def empty_rows(num_priors: int, like: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
+    """The stock rows of an image with no gt or no valid prior: 0, 0.0, -1."""
+    return (torch.zeros(num_priors, dtype=torch.long, device=like.device), like.new_zeros(num_priors),
+            torch.full((num_priors, ), -1, dtype=torch.long, device=like.device))
+
+
+def match_rows(valid: Tensor, gt_labels: Tensor, cost: Tensor, indicator: Tensor, candidate_topk: int,
+               unmatched_overlap: float) -> Tuple[Tensor, Tensor, Tensor]:
+    """The [P] rows (gt index + 1, overlap, label) of one image from the dynamic-k matching of the
+    [V, G] cost and indicator of its valid priors (`valid`: [P] bool)."""
+    num_priors = valid.size(0)
+    gt_inds, _, labels = empty_rows(num_priors, cost)
+    gt_of_valid, overlap_of_valid = dynamic_k_match(cost, indicator, candidate_topk)
     matched = gt_of_valid >= 0
     valid_idx = valid.nonzero()[:, 0][matched]
     gt_inds[valid_idx] = gt_of_valid[matched] + 1
     labels[valid_idx] = gt_labels[gt_of_valid[matched]]
-    overlaps = torch.full((num_priors, ), -INF, dtype=torch.float32, device=boxes.device)
+    overlaps = torch.full((num_priors, ), unmatched_overlap, dtype=torch.float32, device=cost.device)
     overlaps[valid_idx] = overlap_of_valid[matched]
     return gt_inds, overlaps, labels
 
