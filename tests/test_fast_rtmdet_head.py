@@ -19,6 +19,7 @@ from mmengine.structures import InstanceData  # noqa: E402
 import fastops.mm  # noqa: E402,F401
 from fastops.mm.assigners import FusedDynamicSoftLabelAssigner  # noqa: E402
 from fastops.mm.rtmdet_head import FastRTMDetInsSepBNHead, FastRTMDetSepBNHead  # noqa: E402
+from assigner_checks import AssignmentSpy  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures('mmdet_scope')
 
@@ -99,27 +100,6 @@ def synthetic_batch(seed: int, gts_per_image, size, kind: str = 'normal', masks:
     return feats, gts, metas
 
 
-class AssignmentSpy:
-    """The stock head's per-image assignments and the fastops head's batch assignments."""
-
-    def __init__(self, monkeypatch, stock, fast):
-        self.stock, self.fast_batches = [], []
-        stock_assign, fast_assign_batch = stock.assigner.assign, fast.assigner.assign_batch
-
-        def assign(*args, **kwargs):
-            result = stock_assign(*args, **kwargs)
-            self.stock.append(result)
-            return result
-
-        def assign_batch(*args):
-            result = fast_assign_batch(*args)
-            self.fast_batches.append(result)
-            return result
-
-        monkeypatch.setattr(stock.assigner, 'assign', assign)
-        monkeypatch.setattr(fast.assigner, 'assign_batch', assign_batch)
-
-
 def head_loss_and_backward(head, feats, gts, metas) -> dict:
     head.zero_grad(set_to_none=True)
     losses = head.loss_by_feat(*head(feats), copy.deepcopy(gts), metas)  # the Ins head converts gt masks in place
@@ -158,8 +138,8 @@ def compare(fast, stock, fast_losses, stock_losses) -> tuple:
 def assert_same_assignments(spy, gts, batch_index=0):
     """Each image's stock assignment (images without gts and the batch assignment's rows)."""
     batch = spy.fast_batches[batch_index]
-    assert len(spy.stock) == len(gts)
-    for b, stock in enumerate(spy.stock):
+    assert len(spy.stock_results) == len(gts)
+    for b, stock in enumerate(spy.stock_results):
         for key in ('gt_inds', 'labels'):
             assert torch.equal(batch[key][b], getattr(stock, key)), (b, key)
         pos = stock.gt_inds > 0
@@ -236,8 +216,8 @@ def assert_same_assignments_on_inside(spy, fast, metas, featmap_sizes=((16, 16),
     """The stock assigner saw each image's inside priors only: compare on those; the others are
     unassigned. Returns the number of images with outside priors."""
     batch, partial = spy.fast_batches[0], 0
-    assert len(spy.stock) == len(metas)
-    for b, (stock, meta) in enumerate(zip(spy.stock, metas)):
+    assert len(spy.stock_results) == len(metas)
+    for b, (stock, meta) in enumerate(zip(spy.stock_results, metas)):
         inside = torch.cat(fast.prior_generator.valid_flags(featmap_sizes, meta['pad_shape'], device='cpu'))
         partial += not bool(inside.all())
         assert not batch['gt_inds'][b][~inside].any()

@@ -2,7 +2,6 @@
 same assignment up to exact cost ties (shown by re-running the stock assigner with fastops' tie
 order), one batched assignment per batch, the config swaps; and training runs of the YOLOX smoke
 configs, stock vs fastops."""
-import contextlib
 import copy
 import functools
 import os
@@ -23,6 +22,7 @@ import fastops.mm.assigners  # noqa: E402
 from fastops.mm.assigners import FusedSimOTAAssignerYOLOX  # noqa: E402
 from fastops.mm.losses import SafeCrossEntropyLoss  # noqa: E402
 from fastops.mm.yolox_head import FastYOLOXHead  # noqa: E402
+from assigner_checks import AssignmentSpy, lower_index_ties  # noqa: E402
 from training_parity import PARITY_ITERS, load_config, lockstep  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures('mmdet_scope')
@@ -100,56 +100,6 @@ def synthetic_batch(seed: int, gts_per_image, size, kind: str = 'normal'):
     return feats, gts, metas
 
 
-@contextlib.contextmanager
-def lower_index_ties(monkeypatch):
-    """Makes mmdet's SimOTAAssigner break ties among a gt's cheapest priors (its 1-D ``torch.topk``
-    calls; the 2-D call only sums the largest IoUs) towards the lower prior index, as fastops does;
-    stock leaves that order unspecified. Yields counts of the calls where tied costs straddled the
-    top-k boundary (``tied``) and where that changed the selected priors (``changed``)."""
-    counts = dict(tied=0, changed=0)
-
-    class TorchWithLowerIndexTies:
-        def __getattr__(self, name):
-            return getattr(torch, name)
-
-        @staticmethod
-        def topk(values, k, dim=-1, largest=True, sorted=True):
-            stock = torch.topk(values, int(k), dim=dim, largest=largest)
-            if values.dim() != 1:
-                return stock
-            ranked = torch.sort(values, descending=largest, stable=True)
-            top = ranked.values[:int(k)], ranked.indices[:int(k)]
-            assert torch.equal(stock.values, top[0])  # the same values: only the order among ties differs
-            counts['tied'] += int(k) < len(values) and bool(ranked.values[int(k) - 1] == ranked.values[int(k)])
-            counts['changed'] += not torch.equal(stock.indices.sort().values, top[1].sort().values)
-            return top
-
-    with monkeypatch.context() as patch:
-        patch.setattr(sim_ota_assigner, 'torch', TorchWithLowerIndexTies())
-        yield counts
-
-
-class AssignmentSpy:
-    """Records the stock head's per-image ``assign`` calls and the fastops head's batch assignments."""
-
-    def __init__(self, monkeypatch, stock, fast):
-        self.stock_calls, self.fast_batches = [], []
-        stock_assign, fast_assign_batch = stock.assigner.assign, fast.assigner.assign_batch
-
-        def assign(pred_instances, gt_instances, **kwargs):
-            result = stock_assign(pred_instances, gt_instances, **kwargs)
-            self.stock_calls.append((pred_instances, gt_instances, result))
-            return result
-
-        def assign_batch(*args):
-            result = fast_assign_batch(*args)
-            self.fast_batches.append(result)
-            return result
-
-        monkeypatch.setattr(stock.assigner, 'assign', assign)
-        monkeypatch.setattr(fast.assigner, 'assign_batch', assign_batch)
-
-
 def assert_same_assignment_up_to_ties(monkeypatch, stock_assigner, stock_calls, gts_per_image, batch) -> int:
     """Each image's fused assignment equals the stock assigner's with fastops' tie order, exactly;
     where it differs from the stock assigner's own, a tie at a top-k boundary is why. Returns the
@@ -159,7 +109,7 @@ def assert_same_assignment_up_to_ties(monkeypatch, stock_assigner, stock_calls, 
     assert not batch['gt_inds'][[b for b, num in enumerate(gts_per_image) if num == 0]].any()
     differing = 0
     for b, (pred, gt, stock) in zip(images_with_gts, stock_calls):
-        with lower_index_ties(monkeypatch) as ties:
+        with lower_index_ties(monkeypatch, sim_ota_assigner) as ties:
             tie_ordered = stock_assigner.assign(pred, gt)
         for key in ('gt_inds', 'labels', 'max_overlaps'):
             assert torch.equal(batch[key][b], getattr(tie_ordered, key)), (b, key)
@@ -269,7 +219,7 @@ def test_exact_cost_ties_go_to_the_lower_prior_index(monkeypatch):
     spy = AssignmentSpy(monkeypatch, stock, fast)
     fast_losses, fast_grads = loss_and_input_grads(fast, predictions, gts, metas)
     _, stock_grads = loss_and_input_grads(stock, predictions, gts, metas)
-    with lower_index_ties(monkeypatch) as ties:
+    with lower_index_ties(monkeypatch, sim_ota_assigner) as ties:
         tie_ordered_losses, tie_ordered_grads = loss_and_input_grads(stock, predictions, gts, metas)
     assert ties['tied'] == 1
 
@@ -408,7 +358,7 @@ def test_training_with_fast_head_and_fused_assigner_is_stock_bit_for_bit(detecti
     the selections where that differed from ``torch.topk``'s own order (0 on this data: it is then
     the plain stock run; were it not, the test would still show the tie order as the only cause)."""
     assignments = TrainingAssignments(monkeypatch)
-    with lower_index_ties(monkeypatch) as ties:
+    with lower_index_ties(monkeypatch, sim_ota_assigner) as ties:
         stock_losses, stock_weights = train(STOCK_SMOKE, tmp_path / 'stock', detection_data, TINY)
     fast_losses, fast_weights = train(FASTOPS_SMOKE, tmp_path / 'fast', detection_data,
                                       dict(TINY, **STOCK_CROSS_ENTROPY))
@@ -428,7 +378,7 @@ def test_fastops_config_steps_as_stock_at_every_iteration(detection_data, tmp_pa
     fastops does. (A free-running comparison measures chaos: the loss kernels' float32 rounding,
     amplified by training, moves these runs' losses apart by 3e-5 at the 2nd iteration, 1e-2 at
     the 3rd and 27% at the 4th, with the same assignments through the 3rd.)"""
-    with lower_index_ties(monkeypatch) as ties:
+    with lower_index_ties(monkeypatch, sim_ota_assigner) as ties:
         comparisons = lockstep(STOCK_SMOKE, FASTOPS_SMOKE, tmp_path, detection_data,
                                assignments=lambda *models: TrainingAssignments(monkeypatch), options=TINY)
     worst_loss = {key: max(c.loss[key] for c in comparisons) for key in comparisons[0].loss}

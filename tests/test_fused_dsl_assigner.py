@@ -2,7 +2,6 @@
 ``AssignResult`` (gt_inds, labels, max_overlaps compared exactly) on 320 seeded random and
 adversarial cases, exact cost ties shown to differ only in their order, the constructor, the box
 and mask types, and clear errors on bad input."""
-import contextlib
 
 import pytest
 import torch
@@ -17,6 +16,7 @@ from mmengine.structures import InstanceData  # noqa: E402
 
 import fastops.mm  # noqa: E402,F401  (registers the drop-ins)
 from fastops.mm.assigners import FusedDynamicSoftLabelAssigner  # noqa: E402
+from assigner_checks import lower_index_ties  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures('mmdet_scope')
 
@@ -129,33 +129,6 @@ def stock_assign(pred, gt):
     return TASK_UTILS.build(dict(type='DynamicSoftLabelAssigner', topk=13)).assign(pred, gt)
 
 
-@contextlib.contextmanager
-def lower_index_ties(monkeypatch):
-    """Makes the stock assigner take the lower prior index among equal costs (its 1-D
-    ``torch.topk``; the 2-D call only sums the largest IoUs), as fastops does; counts the calls
-    where that changed the selected priors."""
-    counts = dict(tied=0, changed=0)
-
-    class TorchWithLowerIndexTies:
-        def __getattr__(self, name):
-            return getattr(torch, name)
-
-        @staticmethod
-        def topk(values, k, dim=-1, largest=True, sorted=True):
-            stock = torch.topk(values, int(k), dim=dim, largest=largest)
-            if values.dim() != 1:
-                return stock
-            ranked = torch.sort(values, descending=largest, stable=True)
-            top = ranked.values[:int(k)], ranked.indices[:int(k)]
-            counts['tied'] += int(k) < len(values) and bool(ranked.values[int(k) - 1] == ranked.values[int(k)])
-            counts['changed'] += not torch.equal(stock.indices.sort().values, top[1].sort().values)
-            return top
-
-    with monkeypatch.context() as patch:
-        patch.setattr(dynamic_soft_label_assigner, 'torch', TorchWithLowerIndexTies())
-        yield counts
-
-
 def assert_same_result(fast, stock, context=''):
     assert fast.num_gts == stock.num_gts, context
     for key in ('gt_inds', 'labels', 'max_overlaps'):
@@ -194,7 +167,7 @@ def test_exact_cost_ties_differ_only_in_order(monkeypatch):
     gt = InstanceData(bboxes=torch.tensor([[16.0, 16.0, 40.0, 40.0]]), labels=torch.tensor([2]))  # centre (28, 28)
     fast = FusedDynamicSoftLabelAssigner().assign(pred, gt)
     stock = stock_assign(pred, gt)
-    with lower_index_ties(monkeypatch) as ties:
+    with lower_index_ties(monkeypatch, dynamic_soft_label_assigner) as ties:
         tie_ordered = stock_assign(pred, gt)
     assert ties['tied'] == 1
     assert_same_result(fast, tie_ordered, 'tie-ordered stock')

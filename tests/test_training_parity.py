@@ -118,9 +118,10 @@ def test_rtmdet_training_matches_stock(detection_data, tmp_path, monkeypatch):
     in lock-step over 30 iterations of the stock run, whose assigner breaks exact cost ties
     towards the lower prior index as fastops does (``changed``: selections where that differed
     from ``torch.topk``'s own order)."""
-    from test_fused_dsl_assigner import lower_index_ties
+    from mmdet.models.task_modules.assigners import dynamic_soft_label_assigner
+    from assigner_checks import lower_index_ties
 
-    with lower_index_ties(monkeypatch) as ties:
+    with lower_index_ties(monkeypatch, dynamic_soft_label_assigner) as ties:
         comparisons = lockstep(os.path.join(SMOKE, "rtmdet_smoke_stock.py"), os.path.join(SMOKE, "rtmdet_smoke.py"),
                                tmp_path, detection_data, assignments=lambda *models: DSLAssignments(monkeypatch),
                                options={"train_dataloader.batch_size": BATCH})

@@ -3,6 +3,8 @@
 
 #include <torch/library.h>
 
+#include "ops/kept_tensors.h"
+
 namespace fastops {
 namespace {
 
@@ -14,12 +16,6 @@ void check_tensor(const at::Tensor& t, const char* name, at::ScalarType dtype, a
   TORCH_CHECK(t.device() == priors.device(), kOp, ": ", name, " is on ", t.device(), " but priors are on ",
               priors.device());
   TORCH_CHECK(t.sizes() == shape, kOp, ": ", name, " must have shape ", shape, ", got ", t.sizes());
-}
-
-template <typename T>
-T* keep(std::vector<at::Tensor>& owners, const at::Tensor& t) {
-  owners.push_back(t.contiguous());
-  return owners.back().data_ptr<T>();
 }
 
 }  // namespace

@@ -3,6 +3,8 @@
 
 #include <torch/library.h>
 
+#include "ops/kept_tensors.h"
+
 namespace fastops {
 namespace {
 
@@ -90,21 +92,6 @@ simota::Params check_simota_assign_args(
   check_float_tensor(required(sigmas, "sigmas"), "sigmas", {K}, priors);
   return prm;
 }
-
-namespace {
-
-template <typename T>
-T* keep(std::vector<at::Tensor>& owners, const at::Tensor& t) {
-  owners.push_back(t.contiguous());
-  return owners.back().data_ptr<T>();
-}
-
-template <typename T>
-T* keep_optional(std::vector<at::Tensor>& owners, const std::optional<at::Tensor>& t) {
-  return t.has_value() ? keep<T>(owners, *t) : nullptr;
-}
-
-}  // namespace
 
 SimOTABatch make_simota_batch(
     const at::Tensor& priors, const at::Tensor& pred_bboxes, const at::Tensor& pred_scores,
