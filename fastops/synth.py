@@ -6,7 +6,10 @@ writes ``DIR/images/*.jpg`` and ``DIR/annotations/train.json``:
 * ``keypoints``: 1-3 non-overlapping stick figures per image with the 17 COCO keypoints, all visible
   (``v=2``), one category ``person`` with COCO's keypoint names and skeleton.
 * ``detection``: 1-4 non-overlapping filled shapes per image; the category is the shape (circle, square,
-  triangle), each drawn in its own hue so colour and shape both identify it.
+  triangle), each drawn in its own hue so colour and shape both identify it. Each annotation has the
+  shape's box and its outline as a COCO polygon ``segmentation`` (the square's 4 corners, the
+  triangle's 3, the circle as a 32-gon through the middles of the box's sides), so the set serves
+  instance segmentation too; ``area`` is the polygon's area.
 
 Images are uniform grey with mild noise, so the objects are easy to find; the same seed gives
 byte-identical annotations.
@@ -107,8 +110,34 @@ def draw_shape(img: np.ndarray, rng: np.random.Generator, label: int, box: np.nd
     else:
         triangle = np.array([[(corner[0] + far[0]) // 2, corner[1]], [corner[0], far[1]], list(far)])
         cv2.fillPoly(img, [triangle.astype(np.int32)], color, cv2.LINE_AA)
-    return dict(category_id=label + 1, iscrowd=0, area=round(float(side * side), 2),
-                bbox=[round(float(v), 2) for v in (x0, y0, side, side)])
+    bbox = [round(float(v), 2) for v in (x0, y0, side, side)]
+    outline = shape_polygon(SHAPES[label], bbox)
+    return dict(category_id=label + 1, iscrowd=0, area=round(polygon_area(outline), 2), bbox=bbox,
+                segmentation=[[round(float(v), 2) for v in outline.reshape(-1)]])
+
+
+CIRCLE_VERTICES = 32
+
+
+def shape_polygon(shape: str, bbox) -> np.ndarray:
+    """The outline [N, 2] of ``shape`` filling the xywh box ``bbox``, as :func:`draw_shape` draws it
+    (which rounds it to whole pixels: the outline is within a pixel of the drawn shape), clockwise
+    in image coordinates; its extent is the box."""
+    x0, y0, side = bbox[0], bbox[1], bbox[2]
+    if shape == "circle":  # a regular 32-gon with a vertex at the middle of each side of the box
+        angle = np.arange(CIRCLE_VERTICES) * (2 * np.pi / CIRCLE_VERTICES)
+        radius = side / 2
+        points = np.stack([x0 + radius + radius * np.cos(angle), y0 + radius + radius * np.sin(angle)], 1)
+        return np.clip(points, [x0, y0], [x0 + side, y0 + side])  # cos/sin rounding at the extremes
+    if shape == "square":
+        return np.array([[x0, y0], [x0 + side, y0], [x0 + side, y0 + side], [x0, y0 + side]])
+    return np.array([[x0 + side / 2, y0], [x0 + side, y0 + side], [x0, y0 + side]])
+
+
+def polygon_area(points: np.ndarray) -> float:
+    """The shoelace area of a simple polygon [N, 2]."""
+    x, y = points[:, 0], points[:, 1]
+    return float(abs(np.dot(x, np.roll(y, -1)) - np.dot(y, np.roll(x, -1))) / 2)
 
 
 def blank_image(rng: np.random.Generator, size: int) -> np.ndarray:

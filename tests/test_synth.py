@@ -64,6 +64,39 @@ def test_detection_shapes_have_categories_and_boxes(tmp_path):
             assert centre.max() - centre.min() > 60
 
 
+def test_detection_polygons_outline_the_drawn_shapes(tmp_path):
+    """Every annotation has one COCO polygon inside its box that spans it; decoded as training
+    decodes it (pycocotools), it covers the drawn shape (the image's saturated pixels in and around
+    the box). The outline is the ideal shape in the annotated box; the drawing rounds it to whole
+    pixels and antialiases its edge, so the smallest shapes (38 px) match least (IoU ~0.88)."""
+    mask_utils = pytest.importorskip("pycocotools.mask")
+    size = 320
+    coco = load(synth.generate(str(tmp_path), "detection", images=12, size=size, seed=1))
+    vertices = {1: synth.CIRCLE_VERTICES, 2: 4, 3: 3}
+    ious = []
+    for image in coco["images"]:
+        img = cv2.imread(str(tmp_path / "images" / image["file_name"]))
+        # shapes have saturation >= 180, the grey background < 40; > 128: half-covered edge pixels
+        saturated = cv2.cvtColor(img, cv2.COLOR_BGR2HSV)[..., 1] > 128
+        for ann in (a for a in coco["annotations"] if a["image_id"] == image["id"]):
+            x, y, w, h = ann["bbox"]
+            assert len(ann["segmentation"]) == 1
+            polygon = np.array(ann["segmentation"][0]).reshape(-1, 2)
+            assert len(polygon) == vertices[ann["category_id"]]
+            assert (polygon >= [x, y]).all() and (polygon <= [x + w + 1e-6, y + h + 1e-6]).all()
+            assert polygon.min(0) == pytest.approx([x, y], abs=0.02)  # spans the box
+            assert polygon.max(0) == pytest.approx([x + w, y + h], abs=0.02)
+            assert ann["area"] == pytest.approx(synth.polygon_area(polygon), rel=1e-3)
+            assert ann["area"] > 0.4 * w * h  # non-degenerate: triangle 1/2, circle ~pi/4, square 1
+            rle = mask_utils.merge(mask_utils.frPyObjects(ann["segmentation"], size, size))
+            mask = mask_utils.decode(rle).astype(bool)
+            drawn = np.zeros_like(saturated)
+            x0, y0 = max(int(x) - 1, 0), max(int(y) - 1, 0)
+            drawn[y0:int(y + h) + 2, x0:int(x + w) + 2] = saturated[y0:int(y + h) + 2, x0:int(x + w) + 2]
+            ious.append((mask & drawn).sum() / (mask | drawn).sum())
+    assert len(ious) >= 12 and min(ious) > 0.8, sorted(ious)[:5]
+
+
 def test_same_seed_same_annotations(tmp_path):
     first = load(synth.generate(str(tmp_path / "a"), "detection", images=3, seed=7))
     second = load(synth.generate(str(tmp_path / "b"), "detection", images=3, seed=7))
