@@ -1,6 +1,7 @@
-"""Whole training runs, stock vs fastops config (RTMO, YOLOX-Pose; RTMDet), in lock-step (see
+"""Whole training runs, stock vs fastops config (RTMO, YOLOX-Pose; RTMDet, RTMDet-Ins), in lock-step (see
 tests/training_parity.py for why): 30 iterations of the stock run, seed 0, one process,
-deterministic, on the synthetic keypoint set (RTMDet: the synthetic detection set). At every iteration the fastops model, given the
+deterministic, on the synthetic keypoint set (RTMDet, RTMDet-Ins: the synthetic detection set,
+whose polygon masks RTMDet-Ins trains on). At every iteration the fastops model, given the
 stock weights and batch, makes the same assignment, the same losses and gradients, and the same
 optimizer update, up to float32 rounding."""
 import os
@@ -82,11 +83,14 @@ class DSLAssignments:
 
         from fastops.mm.assigners import FusedDynamicSoftLabelAssigner
         self.stock, self.fast = [], []
+        self.stock_calls = self.stock_calls_with_masks = 0  # over the whole run
         stock_assign, fast_assign_batch = DynamicSoftLabelAssigner.assign, FusedDynamicSoftLabelAssigner.assign_batch
 
-        def assign(assigner, *args, **kwargs):
-            result = stock_assign(assigner, *args, **kwargs)
+        def assign(assigner, pred_instances, gt_instances, *args, **kwargs):
+            result = stock_assign(assigner, pred_instances, gt_instances, *args, **kwargs)
             self.stock.append(result.gt_inds)
+            self.stock_calls += 1
+            self.stock_calls_with_masks += 'masks' in gt_instances  # RTMDet-Ins: centres of mass
             return result
 
         def assign_batch(assigner, *args):
@@ -105,33 +109,62 @@ class DSLAssignments:
         self.fast.clear()
 
 
-# Seen over the 30 iterations (2-core CPU): losses, gradients and AdamW updates identical (0): the
-# targets are the stock ones bit for bit and the losses are mmdet's. The bounds only allow float32
-# reordering.
+# Seen over the 30 iterations (2-core CPU), RTMDet and RTMDet-Ins: losses, gradients and AdamW
+# updates identical (0): the targets are the stock ones bit for bit and the losses are mmdet's. The
+# bounds only allow float32 reordering.
 RTMDET_LOSS_TOL = 1e-6
 RTMDET_GRAD_TOL = 1e-5
 RTMDET_UPDATE_TOL = 1e-4
 
 
-def test_rtmdet_training_matches_stock(detection_data, tmp_path, monkeypatch):
-    """Stock RTMDet smoke config vs the fastops one (FastRTMDetSepBNHead, FusedDynamicSoftLabelAssigner)
-    in lock-step over 30 iterations of the stock run, whose assigner breaks exact cost ties
-    towards the lower prior index as fastops does (``changed``: selections where that differed
-    from ``torch.topk``'s own order)."""
+def dsl_lockstep(smoke: str, data_dir, tmp_path, monkeypatch):
+    """configs/smoke/{smoke}_stock.py vs {smoke}.py in lock-step over 30 iterations of the stock
+    run, whose assigner breaks exact cost ties towards the lower prior index as fastops does
+    (``ties['changed']``: selections where that differed from ``torch.topk``'s own order).
+    Returns the comparisons, the ties and the assignment recorder."""
     from mmdet.models.task_modules.assigners import dynamic_soft_label_assigner
     from assigner_checks import lower_index_ties
 
+    recorders = []
+
+    def assignments(*models):
+        recorders.append(DSLAssignments(monkeypatch))
+        return recorders[-1]
+
     with lower_index_ties(monkeypatch, dynamic_soft_label_assigner) as ties:
-        comparisons = lockstep(os.path.join(SMOKE, "rtmdet_smoke_stock.py"), os.path.join(SMOKE, "rtmdet_smoke.py"),
-                               tmp_path, detection_data, assignments=lambda *models: DSLAssignments(monkeypatch),
+        comparisons = lockstep(os.path.join(SMOKE, f"{smoke}_stock.py"), os.path.join(SMOKE, f"{smoke}.py"),
+                               tmp_path, data_dir, assignments=assignments,
                                options={"train_dataloader.batch_size": BATCH})
+    return comparisons, dict(ties), recorders[0]
+
+
+def assert_same_dsl_training(comparisons, ties, family):
     worst_loss = {key: max(c.loss[key] for c in comparisons) for key in comparisons[0].loss}
     worst_grad, worst_update = max(c.grad for c in comparisons), max(c.weights for c in comparisons)
-    print(f"\nRTMDet, {len(comparisons)} lock-step iterations: max loss deviation "
+    print(f"\n{family}, {len(comparisons)} lock-step iterations: max loss deviation "
           f"{ {key: f'{value:.1e}' for key, value in worst_loss.items()} }; gradients {worst_grad:.1e}; "
-          f"updates {worst_update:.1e}; ties changing the stock pick {ties['changed']}")
+          f"updates {worst_update:.1e}; same assignment {sum(c.same_assignment for c in comparisons)}/"
+          f"{len(comparisons)}; ties changing the stock pick {ties['changed']}")
     assert len(comparisons) == PARITY_ITERS
     assert all(c.same_assignment for c in comparisons), [i for i, c in enumerate(comparisons) if not c.same_assignment]
     assert max(worst_loss.values()) < RTMDET_LOSS_TOL, worst_loss
     assert worst_grad < RTMDET_GRAD_TOL
     assert worst_update < RTMDET_UPDATE_TOL
+
+
+def test_rtmdet_training_matches_stock(detection_data, tmp_path, monkeypatch):
+    """Stock RTMDet smoke config vs the fastops one (FastRTMDetSepBNHead, FusedDynamicSoftLabelAssigner)."""
+    comparisons, ties, _ = dsl_lockstep("rtmdet_smoke", detection_data, tmp_path, monkeypatch)
+    assert_same_dsl_training(comparisons, ties, "RTMDet")
+
+
+def test_rtmdet_ins_training_matches_stock(detection_data, tmp_path, monkeypatch):
+    """Stock RTMDet-Ins smoke config vs the fastops one (FastRTMDetInsSepBNHead,
+    FusedDynamicSoftLabelAssigner) on the synthetic set's polygon masks: the assigner measures
+    distances to the masks' centres of mass (a triangle's lies a sixth of its height below its box
+    centre), and the mask loss takes its positives from the batched assignment."""
+    comparisons, ties, recorded = dsl_lockstep("rtmdet_ins_smoke", detection_data, tmp_path, monkeypatch)
+    assert recorded.stock_calls == PARITY_ITERS * BATCH
+    assert recorded.stock_calls_with_masks == recorded.stock_calls  # the stock assigner saw the masks
+    assert "loss_mask" in comparisons[0].loss
+    assert_same_dsl_training(comparisons, ties, "RTMDet-Ins")
