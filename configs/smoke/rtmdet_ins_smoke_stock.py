@@ -55,7 +55,13 @@ log_processor = dict(by_epoch=False, window_size=1)
 custom_hooks = []
 randomness = dict(seed=0, deterministic=True)
 
+# BN for the published SyncBN (same defaults) and no conversion to SyncBN (RTMDet's use_syncbn)
+# when several processes train: PyTorch's SyncBatchNorm needs CUDA, so `fastops train --nproc 2`
+# fails on CPU with it ("SyncBatchNorm layers only work with GPU modules"). One process trains
+# the same either way (mmengine reverts SyncBN to BN there, e.g. in tests/training_parity.py).
+norm_cfg = dict(type='BN')
 model = dict(
-    backbone=dict(widen_factor=0.125, init_cfg=None),
-    neck=dict(in_channels=[32, 64, 128], out_channels=32),
-    bbox_head=dict(num_classes=len(classes), in_channels=32, feat_channels=32))
+    use_syncbn=False,
+    backbone=dict(widen_factor=0.125, init_cfg=None, norm_cfg=norm_cfg),
+    neck=dict(in_channels=[32, 64, 128], out_channels=32, norm_cfg=norm_cfg),
+    bbox_head=dict(num_classes=len(classes), in_channels=32, feat_channels=32, norm_cfg=norm_cfg))
