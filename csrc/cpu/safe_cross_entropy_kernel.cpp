@@ -113,7 +113,7 @@ FASTOPS_ROW_INLINE acc_t sum_exp_shifted(const acc_t* x, int64_t C, acc_t shift)
 // torch.clamp's gradient unless straight-through.
 template <typename acc_t>
 FASTOPS_ROW_INLINE void softmax_row_grad(acc_t* x, int64_t C, int64_t label, acc_t scale, acc_t lse, acc_t bound,
-                      bool straight_through) {
+                                         bool straight_through) {
 #pragma omp simd
   for (int64_t j = 0; j < C; ++j) {
     const acc_t v = x[j];
@@ -134,20 +134,83 @@ struct SoftmaxRows {
   acc_t weight_of(int64_t label) const { return weight ? weight[label] : acc_t(1); }
 };
 
+// Forward of one row, converted into `row`: lse and weighted loss; adds to the clamp counts.
+template <typename scalar_t, typename acc_t>
+FASTOPS_ROW_INLINE void softmax_forward_row(const SoftmaxRows<scalar_t, acc_t>& in, int64_t i, acc_t* row,
+                                            RowStats& stats, acc_t* loss_out, acc_t* lse_out) {
+  const int64_t C = in.C;
+  const acc_t row_max = clamp_row(row, C, in.bound, stats);
+  const acc_t row_lse = row_max + std::log(sum_exp_shifted(row, C, row_max));
+  lse_out[i] = row_lse;
+  const int64_t label = in.labels[i];
+  loss_out[i] = label == in.ignore_index ? acc_t(0) : in.weight_of(label) * (row_lse - row[label]);
+}
+
+// Rows with few classes go kTileRows at a time through a transposed tile, one row per SIMD lane:
+// max, sum and log then run across rows, with no horizontal reduction per row, and the tile's
+// logits are read from memory once. Tiles with a logit to clamp or a NaN (rare) and the last
+// rows take the per-row path.
+constexpr int64_t kTileRows = 16;
+constexpr int64_t kTileMaxC = 256;
+
+FASTOPS_ROW_INLINE float vec_log(float x) { return cephes::log(x); }
+FASTOPS_ROW_INLINE double vec_log(double x) { return std::log(x); }
+
 // Forward of rows [begin, end): lse and weighted loss per row; returns the clamp counts.
 template <typename scalar_t, typename acc_t>
 FASTOPS_ROW_INLINE RowStats softmax_forward_rows(const SoftmaxRows<scalar_t, acc_t>& in, int64_t begin, int64_t end,
                                                  acc_t* loss_out, acc_t* lse_out) {
+  constexpr int64_t R = kTileRows;
   const int64_t C = in.C;
-  std::vector<acc_t> row(C);
+  const acc_t bound = in.bound;
+  const bool tiled = C <= kTileMaxC;
+  std::vector<acc_t> rows(tiled ? R * C : C), tile(tiled ? C * R : 0);
   RowStats stats;
-  for (int64_t i = begin; i < end; ++i) {
-    load_row(in.logits + i * C, C, row.data());
-    const acc_t row_max = clamp_row(row.data(), C, in.bound, stats);
-    const acc_t row_lse = row_max + std::log(sum_exp_shifted(row.data(), C, row_max));
-    lse_out[i] = row_lse;
-    const int64_t label = in.labels[i];
-    loss_out[i] = label == in.ignore_index ? acc_t(0) : in.weight_of(label) * (row_lse - row[label]);
+  int64_t i = begin;
+  for (; tiled && i + R <= end; i += R) {
+    load_row(in.logits + i * C, R * C, rows.data());
+    acc_t* t = tile.data();
+    const acc_t* x = rows.data();
+    for (int64_t j = 0; j < C; ++j) {
+#pragma omp simd
+      for (int64_t r = 0; r < R; ++r) t[j * R + r] = x[r * C + j];
+    }
+    // As clamp_row's first pass: the sum of x * 0 is NaN where a row holds a NaN or an inf.
+    acc_t row_max[R], row_min[R], nonfinite[R], sum[R];
+#pragma omp simd
+    for (int64_t r = 0; r < R; ++r) row_max[r] = -bound, row_min[r] = bound, nonfinite[r] = 0, sum[r] = 0;
+    for (int64_t j = 0; j < C; ++j) {
+#pragma omp simd
+      for (int64_t r = 0; r < R; ++r) {
+        const acc_t v = t[j * R + r];
+        row_max[r] = v > row_max[r] ? v : row_max[r];
+        row_min[r] = v < row_min[r] ? v : row_min[r];
+        nonfinite[r] += v * acc_t(0);
+      }
+    }
+    bool clean = true;
+    for (int64_t r = 0; r < R; ++r) {
+      clean &= nonfinite[r] == acc_t(0) && row_max[r] <= bound && row_min[r] >= -bound;
+    }
+    if (!clean) {
+      for (int64_t r = 0; r < R; ++r) softmax_forward_row(in, i + r, rows.data() + r * C, stats, loss_out, lse_out);
+      continue;
+    }
+    for (int64_t j = 0; j < C; ++j) {
+#pragma omp simd
+      for (int64_t r = 0; r < R; ++r) sum[r] += vec_exp(t[j * R + r] - row_max[r]);
+    }
+#pragma omp simd
+    for (int64_t r = 0; r < R; ++r) lse_out[i + r] = row_max[r] + vec_log(sum[r]);
+    for (int64_t r = 0; r < R; ++r) {
+      const int64_t label = in.labels[i + r];
+      loss_out[i + r] =
+          label == in.ignore_index ? acc_t(0) : in.weight_of(label) * (lse_out[i + r] - x[r * C + label]);
+    }
+  }
+  for (; i < end; ++i) {
+    load_row(in.logits + i * C, C, rows.data());
+    softmax_forward_row(in, i, rows.data(), stats, loss_out, lse_out);
   }
   return stats;
 }
