@@ -12,10 +12,12 @@
 
 namespace fastops {
 
-// Clamp to [-bound, bound] keeping NaN as NaN (fmin/fmax would turn NaN into a bound).
+// Clamp to [-bound, bound] keeping NaN as NaN (fmin/fmax would turn NaN into a bound). Written as
+// two selects on the running value, which x86 compilers turn into one max and one min.
 template <typename T>
 FASTOPS_HOST_DEVICE T clamp_keep_nan(T x, T bound) {
-  return x > bound ? bound : (x < -bound ? -bound : x);
+  const T above = x < -bound ? -bound : x;
+  return above > bound ? bound : above;
 }
 
 // Gradient mask of torch.clamp: passes where -bound <= x <= bound (so not for ±inf or NaN).

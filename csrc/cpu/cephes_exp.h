@@ -39,7 +39,8 @@ FASTOPS_ROW_INLINE float mul_add(float a, float b, float c) {
 // subtracting 1.5 * 2^23.
 FASTOPS_ROW_INLINE float exp(float arg) {
   constexpr float kRound = 12582912.f;
-  const float x = arg < kMinArg ? kMinArg : (arg > kMaxArg ? kMaxArg : arg);
+  const float above = arg < kMinArg ? kMinArg : arg;  // two selects: one max and one min
+  const float x = above > kMaxArg ? kMaxArg : above;
   const float n = (x * kLog2e + kRound) - kRound;
   const float r = mul_add(-n, kLn2Lo, mul_add(-n, kLn2Hi, x));
   float p = mul_add(kPoly[0], r, kPoly[1]);  // unrolled by hand: GCC vectorises no inner loop

@@ -109,17 +109,22 @@ FASTOPS_ROW_INLINE acc_t sum_exp_shifted(const acc_t* x, int64_t C, acc_t shift)
   return sum;
 }
 
-// In place on the converted row: dx_j = scale · (exp(clamp(x_j) − lse) − [j = label]), masked like
-// torch.clamp's gradient unless straight-through.
+// dx_j = scale · (exp(clamp(x_j) − lse) − [j = label]), masked like torch.clamp's gradient unless
+// straight-through: x passes where clamp(x) == x, which is inside_clamp(x) in one compare.
+template <typename acc_t>
+FASTOPS_ROW_INLINE acc_t softmax_grad(acc_t v, acc_t is_label, acc_t scale, acc_t lse, acc_t bound,
+                                      bool straight_through) {
+  const acc_t vc = clamp_keep_nan(v, bound);
+  const acc_t d = scale * (vec_exp(vc - lse) - is_label);
+  return (straight_through | (vc == v)) ? d : acc_t(0);
+}
+
+// In place on the converted row.
 template <typename acc_t>
 FASTOPS_ROW_INLINE void softmax_row_grad(acc_t* x, int64_t C, int64_t label, acc_t scale, acc_t lse, acc_t bound,
                                          bool straight_through) {
 #pragma omp simd
-  for (int64_t j = 0; j < C; ++j) {
-    const acc_t v = x[j];
-    const acc_t d = scale * (vec_exp(clamp_keep_nan(v, bound) - lse) - acc_t(j == label));
-    x[j] = (straight_through | inside_clamp(v, bound)) ? d : acc_t(0);
-  }
+  for (int64_t j = 0; j < C; ++j) x[j] = softmax_grad(x[j], acc_t(j == label), scale, lse, bound, straight_through);
 }
 
 // The inputs of the softmax variant's row loops.
