@@ -1,5 +1,7 @@
-// CPU kernels of the fp16-safe clamped cross-entropy: rows in parallel, each row converted to the
-// accumulation type once into an L1-resident buffer, clamped, then reduced with a vectorisable exp.
+// CPU kernels of the fp16-safe clamped cross-entropy: rows in parallel, converted to the
+// accumulation type once into L1-resident buffers, clamped, then reduced with a vectorisable exp
+// (and log). Softmax rows with few classes go sixteen at a time through a transposed tile, the
+// others one by one; sigmoid rows go in flat blocks of whole rows.
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
@@ -455,7 +457,7 @@ FASTOPS_ROW_INLINE void sigmoid_backward_rows(const SigmoidRows<scalar_t, acc_t>
       const acc_t e = vec_exp(-std::fabs(vc));
       const acc_t sigmoid = (vc >= acc_t(0) ? acc_t(1) : e) / (acc_t(1) + e);
       const acc_t d = g[k] * bce_with_logits_grad_of(sigmoid, t[k], w[k]);
-      x[k] = (straight_through | inside_clamp(v, bound)) ? d : acc_t(0);
+      x[k] = (straight_through | (vc == v)) ? d : acc_t(0);  // vc == v: inside_clamp(v, bound)
     }
     blocks.zero_ignored_rows(r0, r1, x);
     store_row(x, n, grad_logits + r0 * in.C);
