@@ -1,6 +1,6 @@
 // The CPU kernels' single-precision exp, in two forms of one polynomial: a scalar form that
-// compilers vectorise inside loops (cross-entropy rows), and an 8-lane AVX2 + FMA form for kernels
-// that dispatch on the CPU at run time (MLECC rows).
+// compilers vectorise inside loops (cross-entropy rows; fused multiply-adds where the build targets
+// FMA), and an 8-lane AVX2 + FMA form for kernels that dispatch on the CPU at run time (MLECC rows).
 //
 // exp(x) = 2^n e^r with n = round(x / ln 2), r = x - n ln 2 (ln 2 split in two constants,
 // Cody-Waite), e^r from Cephes' degree-6 minimax polynomial (about 1 ulp on |r| <= ln2 / 2).

@@ -359,7 +359,7 @@ struct SigmoidRows {
   const scalar_t* logits;  // [N, C]
   const int64_t* labels;   // [N], set for class-index targets
   const acc_t* probs;      // [N, C], set for float targets
-  const acc_t* pos_weight; // [C] or null
+  const acc_t* pos_weight;  // [C] or null
   int64_t C, ignore_index;
   acc_t bound;
 };
