@@ -1,15 +1,14 @@
 """Cross-entropy inputs that take every path of the CPU kernels, shared by the accuracy tests and
 the instruction-set test (tests/test_cpu_isa.py runs them under each ISA cap).
 
-Softmax forward: rows go 16 at a time through a transposed tile when C <= 256, the rows after the
-last full tile and tiles holding a logit to clamp or a NaN take the per-row path, as does every row
-when C > 256. Softmax backward: blocks of whole rows of about 1024 elements when C <= 128, else row
-by row. Sigmoid: blocks of whole rows of max(1024, C) elements.
+Softmax: rows go 16 at a time through a transposed tile when C <= 256, the rows after the last
+full tile and tiles holding a logit to clamp or a NaN take the per-row path, as does every row
+when C > 256. Sigmoid: blocks of whole rows of max(1024, C) elements.
 """
 import torch
 
 INF, NAN = float("inf"), float("nan")
-SOFTMAX_CS = (1, 2, 16, 81, 128, 129, 256, 257, 1204)
+SOFTMAX_CS = (1, 2, 16, 81, 255, 256, 257, 1204)
 SIGMOID_CS = (1, 2, 80, 1024, 1025)
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 SOFTMAX_ROWS = 16 * 7 + 7  # seven tiles and seven rows after them

@@ -159,8 +159,6 @@ FASTOPS_ROW_INLINE void softmax_forward_row(const SoftmaxRows<scalar_t, acc_t>& 
 // rows take the per-row path.
 constexpr int64_t kTileRows = 16;
 constexpr int64_t kTileMaxC = 256;
-constexpr int64_t kSpan = 1024;  // elements in a block of whole rows (see below)
-constexpr int64_t kFlatBackwardMaxC = 128;
 
 FASTOPS_ROW_INLINE float vec_log(float x) { return cephes::log(x); }
 FASTOPS_ROW_INLINE double vec_log(double x) { return std::log(x); }
@@ -231,40 +229,13 @@ FASTOPS_ROW_INLINE void softmax_backward_rows(const SoftmaxRows<scalar_t, acc_t>
                                               const acc_t* lse, bool straight_through, int64_t begin, int64_t end,
                                               scalar_t* grad_logits) {
   const int64_t C = in.C;
-  const auto scale_of = [&](int64_t i) {
+  std::vector<acc_t> row(C);
+  for (int64_t i = begin; i < end; ++i) {
     const int64_t label = in.labels[i];
-    return label == in.ignore_index ? acc_t(0) : grad_loss[i] * in.weight_of(label);
-  };
-  if (C > kFlatBackwardMaxC) {
-    std::vector<acc_t> row(C);
-    for (int64_t i = begin; i < end; ++i) {
-      load_row(in.logits + i * C, C, row.data());
-      softmax_row_grad(row.data(), C, in.labels[i], scale_of(i), lse[i], in.bound, straight_through);
-      store_row(row.data(), C, grad_logits + i * C);
-    }
-    return;
-  }
-  // Few classes: blocks of whole rows as one flat span of about kSpan elements, each row's lse,
-  // scale and label spread over its elements, so that the loop runs on without a short tail per
-  // row (measured faster at C = 16 and 81, slower at 256, where rows have no tail).
-  const int64_t rows = std::max<int64_t>(1, kSpan / C);
-  std::vector<acc_t> x(rows * C), shift(rows * C), scale(rows * C), one_hot(rows * C, acc_t(0));
-  for (int64_t r0 = begin; r0 < end; r0 += rows) {
-    const int64_t r1 = std::min(end, r0 + rows), n = (r1 - r0) * C;
-    load_row(in.logits + r0 * C, n, x.data());
-    for (int64_t r = r0; r < r1; ++r) {
-      std::fill_n(shift.data() + (r - r0) * C, C, lse[r]);
-      std::fill_n(scale.data() + (r - r0) * C, C, scale_of(r));
-      if (in.labels[r] >= 0 && in.labels[r] < C) one_hot[(r - r0) * C + in.labels[r]] = acc_t(1);
-    }
-    acc_t* xs = x.data();
-    const acc_t *sh = shift.data(), *sc = scale.data(), *oh = one_hot.data();
-#pragma omp simd
-    for (int64_t k = 0; k < n; ++k) xs[k] = softmax_grad(xs[k], oh[k], sc[k], sh[k], in.bound, straight_through);
-    for (int64_t r = r0; r < r1; ++r) {
-      if (in.labels[r] >= 0 && in.labels[r] < C) one_hot[(r - r0) * C + in.labels[r]] = acc_t(0);
-    }
-    store_row(xs, n, grad_logits + r0 * C);
+    const acc_t scale = label == in.ignore_index ? acc_t(0) : grad_loss[i] * in.weight_of(label);
+    load_row(in.logits + i * C, C, row.data());
+    softmax_row_grad(row.data(), C, label, scale, lse[i], in.bound, straight_through);
+    store_row(row.data(), C, grad_logits + i * C);
   }
 }
 
@@ -394,9 +365,11 @@ struct SigmoidRows {
 };
 
 // The element-wise loss runs on blocks of whole rows taken as one flat span of about kSpan
-// elements (as the softmax backward of few classes), so that C = 1 (objectness) vectorises as well as C = 80. A block holds its logits in
+// elements, so that C = 1 (objectness) vectorises as well as C = 80. A block holds its logits in
 // the accumulation type, its targets when they are class indices, and pos_weight tiled over its
 // rows (ones without it).
+constexpr int64_t kSpan = 1024;
+
 template <typename scalar_t, typename acc_t>
 struct SigmoidBlocks {
   const SigmoidRows<scalar_t, acc_t>& in;
