@@ -107,3 +107,12 @@ def test_sigmoid_cross_entropy_fwd_bwd(measure, benchmark, impl, shape, dtype):
         step(logits, targets)
 
     measure(run, rounds=10)
+
+
+def test_copy_bandwidth(measure, benchmark):
+    """This machine's copy bandwidth, timed as the rows above: a row's bound is its bytes over it."""
+    src = torch.ones(64 * 2**20)  # 256 MiB, far past the caches
+    dst = torch.empty_like(src)
+    benchmark.group = "copy bandwidth cpu"
+    benchmark.extra_info.update(op="copy", impl="tensor.copy_", bytes=2 * src.nbytes)  # read + write
+    measure(lambda: dst.copy_(src), rounds=10)

@@ -2,9 +2,12 @@
 
     python bench/report.py out.json > table.md
 
-Times are per call: min, median and mean over the rounds. Ratios are of means, against the group's
-stock implementation (mmdet, mmpose or stock_*). GB/s = extra_info bytes / mean time, with its share
-of the device copy bandwidth where the row records one (scripts/gpu_check/cuda_bench.py).
+Times are per call: min, median and mean over the rounds. Ratios are of means and of medians, against
+the group's stock implementation (mmdet, mmpose or stock_*), and of medians against plain torch
+where the group has a `torch` row. GB/s = extra_info bytes / mean time, with its share of the device
+copy bandwidth where the row records one (scripts/gpu_check/cuda_bench.py). Where the run holds a
+`copy` row (bench_safe_cross_entropy.py), each row with bytes also gets its bound: bytes / the copy
+bandwidth measured in that run (bytes / median time of the copy).
 """
 import argparse
 import json
@@ -25,25 +28,45 @@ def stock_of(impls):
     return next((name for name in impls if name in STOCK_NAMES or name.startswith("stock")), None)
 
 
+def copy_bandwidth(data):
+    """Bytes per second of the run's `copy` row (median), or None."""
+    copies = [b for b in data["benchmarks"] if b.get("extra_info", {}).get("op") == "copy"]
+    return copies[0]["extra_info"]["bytes"] / copies[0]["stats"]["median"] if copies else None
+
+
 def render(data):
     groups = defaultdict(list)
     for bench in data["benchmarks"]:
         groups[bench["group"]].append(bench)
+    copy_bps = copy_bandwidth(data)
     lines = []
     for group, benches in sorted(groups.items()):
         by_impl = {impl_name(b): b for b in benches}
         baseline = stock_of(by_impl)
-        base = by_impl.get(baseline)
-        ratio_header = f"× vs {baseline} (mean)" if base else "×"
+        base, torch_row = by_impl.get(baseline), by_impl.get("torch")
+        ratio_header = (f"× vs {baseline} (mean) | × vs {baseline} (median)" if base else "× | ×")
+        torch_header = " | × vs torch (median)" if torch_row else ""
+        with_bound = copy_bps is not None and any("bytes" in b.get("extra_info", {}) for b in benches)
+        bound_header = " | bound (ms)" if with_bound else ""
         lines += [f"**{group}**", "",
-                  f"| impl | min (ms) | median (ms) | mean (ms) | {ratio_header} | extra peak mem (MiB) | GB/s |",
-                  "|---|---:|---:|---:|---:|---:|---:|"]
+                  f"| impl | min (ms) | median (ms) | mean (ms) | {ratio_header}{torch_header} "
+                  f"| extra peak mem (MiB) | GB/s{bound_header} |",
+                  "|---|" + "---:|" * (7 + bool(torch_row) + with_bound)]
         for name, bench in sorted(by_impl.items(), key=lambda kv: kv[1]["stats"]["mean"]):
             stats, extra = bench["stats"], bench.get("extra_info", {})
-            ratio = f"{base['stats']['mean'] / stats['mean']:.2f}" if base else "n/a"
+            ratios = (f"{base['stats']['mean'] / stats['mean']:.2f} | {base['stats']['median'] / stats['median']:.2f}"
+                      if base else "n/a | n/a")
+            if torch_row:
+                ratios += f" | {torch_row['stats']['median'] / stats['median']:.2f}"
             times = " | ".join(f"{stats[key] * 1e3:.2f}" for key in ("min", "median", "mean"))
-            lines.append(f"| {name} | {times} | {ratio} | {extra.get('peak_mib', '')} | {bandwidth(stats, extra)} |")
+            bound = ""
+            if with_bound:
+                bound = f" | {extra['bytes'] / copy_bps * 1e3:.2f}" if "bytes" in extra else " | "
+            lines.append(f"| {name} | {times} | {ratios} | {extra.get('peak_mib', '')} | "
+                         f"{bandwidth(stats, extra)}{bound} |")
         lines.append("")
+    if copy_bps is not None:
+        lines.append(f"Copy bandwidth of this run: {copy_bps / 1e9:.1f} GB/s (bytes read + written / median).")
     return "\n".join(lines)
 
 

@@ -5,6 +5,7 @@ import torch.nn.functional as F
 
 import fastops
 from fastops.reference import safe_cross_entropy as reference
+import ce_cases
 from conftest import CUDA, requires_cuda
 
 INF = float("inf")
@@ -86,6 +87,97 @@ def test_half_logits_equal_clamped_fp32(dtype):
     assert grad.dtype == dtype and torch.isfinite(grad).all()
     ref_grad = torch.autograd.grad(expected.sum(), clamped_ref)[0] * (logits.float().abs() <= 100)
     torch.testing.assert_close(grad.float(), ref_grad, atol=1e-2 if dtype == torch.bfloat16 else 1e-3, rtol=1e-2)
+
+
+def grad_of(loss, x, grad_out):
+    return torch.autograd.grad(loss, x, grad_out)[0]
+
+
+# Gradients of fp32 logits: the clamped logits reach ±100 here, where the fp32 ulp of lse (7.6e-6)
+# times a probability near 1 bounds any agreement. fp16/bf16 gradients: the reference's, rounded.
+GRAD_TOL = {torch.float32: dict(atol=2e-5, rtol=1e-5), torch.float16: dict(atol=1e-5, rtol=1e-3),
+            torch.bfloat16: dict(atol=1e-5, rtol=1.6e-2)}
+
+
+@pytest.mark.parametrize("clamp_grad", ["zero", "straight_through"])
+@pytest.mark.parametrize("dtype", ce_cases.DTYPES, ids=str)
+@pytest.mark.parametrize("c", ce_cases.SOFTMAX_CS)
+def test_softmax_kernel_paths_match_reference(c, dtype, clamp_grad):
+    """Tiled and per-row rows, clean and adversarial, around the tile limit (C = 256)."""
+    logits, labels = ce_cases.softmax_case(c, dtype)
+    x, x_ref = logits.clone().requires_grad_(), logits.clone().requires_grad_()
+    got = fastops.safe_cross_entropy(x, labels, clamp_grad=clamp_grad)
+    want = reference.safe_cross_entropy(x_ref, labels, clamp_grad=clamp_grad)
+    torch.testing.assert_close(got.loss, want[0], atol=1e-5, rtol=1e-6, equal_nan=True)
+    assert (got.num_clamped.item(), got.num_nan.item()) == (want[1].item(), want[2].item())
+    assert torch.isnan(got.loss).sum() == 2 and torch.isfinite(got.loss[~torch.isnan(got.loss)]).all()
+    grad_out = torch.rand_like(want[0])
+    torch.testing.assert_close(grad_of(got.loss, x, grad_out), grad_of(want[0], x_ref, grad_out).to(dtype),
+                               equal_nan=True, **GRAD_TOL[dtype])
+
+
+@pytest.mark.parametrize("weighted", [False, True])
+@pytest.mark.parametrize("index_targets", [False, True])
+@pytest.mark.parametrize("dtype", ce_cases.DTYPES, ids=str)
+@pytest.mark.parametrize("c", ce_cases.SIGMOID_CS)
+def test_sigmoid_kernel_paths_match_reference(c, dtype, index_targets, weighted):
+    """One and several rows per block, blocks split across threads, adversarial logits."""
+    logits, labels, probs, pos_weight = ce_cases.sigmoid_case(c, dtype)
+    targets, pos_weight = (labels if index_targets else probs), (pos_weight if weighted else None)
+    for clamp_grad in ("zero", "straight_through"):
+        x, x_ref = logits.clone().requires_grad_(), logits.clone().requires_grad_()
+        got = fastops.safe_sigmoid_cross_entropy(x, targets, pos_weight, clamp_grad=clamp_grad)
+        want = reference.safe_sigmoid_cross_entropy(x_ref, targets, pos_weight, clamp_grad=clamp_grad)
+        torch.testing.assert_close(got.loss, want[0], atol=1e-5, rtol=1e-6, equal_nan=True)
+        assert (got.num_clamped.item(), got.num_nan.item()) == (want[1].item(), want[2].item())
+        grad_out = torch.rand_like(want[0])
+        torch.testing.assert_close(grad_of(got.loss, x, grad_out), grad_of(want[0], x_ref, grad_out).to(dtype),
+                                   equal_nan=True, **GRAD_TOL[dtype])
+
+
+def test_non_contiguous_logits():
+    logits, labels = ce_cases.softmax_case(81, torch.float16)
+    wide = torch.zeros(logits.shape[0], 2 * logits.shape[1], dtype=logits.dtype)
+    wide[:, ::2] = logits
+    for strided in (wide[:, ::2], logits.t().contiguous().t()):
+        assert not strided.is_contiguous()
+        x, x_ref = strided.clone().requires_grad_(), logits.clone().requires_grad_()
+        for op in (fastops.safe_cross_entropy, fastops.safe_sigmoid_cross_entropy):
+            got, want = op(strided, labels).loss, op(logits, labels).loss
+            torch.testing.assert_close(got, want, rtol=0, atol=0, equal_nan=True)
+        x = strided.detach().requires_grad_()
+        grad_out = torch.rand(logits.shape[0])
+        torch.testing.assert_close(grad_of(fastops.safe_cross_entropy(x, labels).loss, x, grad_out),
+                                   grad_of(fastops.safe_cross_entropy(x_ref, labels).loss, x_ref, grad_out),
+                                   rtol=0, atol=0, equal_nan=True)
+
+
+def test_sigmoid_loss_accuracy_over_the_float_range():
+    """The vectorised exp and log1p against float64, as accurate as torch's own fp32 op: |x| up to
+    1e4 and float32's max, the subnormal region of exp(-|x|), ±inf and NaN."""
+    x = torch.cat([torch.linspace(-1e4, 1e4, 20001), torch.linspace(-120, 120, 24001),
+                   torch.logspace(-45, 4, 5000), -torch.logspace(-45, 4, 5000),
+                   torch.tensor([INF, -INF, float("nan"), 3e38, -3e38, 65504, 1e-45, -1e-45])])[:, None]
+    clamp = 3e38
+    for t in (0.0, 1.0, 0.3):
+        targets = torch.full_like(x, t)
+        xg = x.clone().requires_grad_()
+        loss = fastops.safe_sigmoid_cross_entropy(xg, targets, clamp=clamp, clamp_grad="straight_through").loss
+        grad = torch.autograd.grad(loss.sum(), xg)[0]
+        x32 = x.clamp(-clamp, clamp).requires_grad_()
+        loss32 = F.binary_cross_entropy_with_logits(x32, targets, reduction="none")
+        grad32 = torch.autograd.grad(loss32.sum(), x32)[0]
+        x64 = x.double().clamp(-clamp, clamp).requires_grad_()
+        loss64 = F.binary_cross_entropy_with_logits(x64, targets.double(), reduction="none")
+        grad64 = torch.autograd.grad(loss64.sum(), x64)[0]
+        # Errors relative to the largest term, as the results cancel: |x| + loss, and sigmoid + t.
+        scales = (x64.abs() + loss64.abs(), torch.sigmoid(x64) + t)
+        for got, torch32, exact, scale in ((loss, loss32, loss64, scales[0]), (grad, grad32, grad64, scales[1])):
+            nan = torch.isnan(exact)
+            assert torch.equal(torch.isnan(got), nan)
+            err, torch_err = (got.double() - exact).abs()[~nan], (torch32.double() - exact).abs()[~nan]
+            # 2.5e-7: two float32 ulps; 1e-37: exp(-|x|) is 0 below float32's normal range.
+            assert (err <= torch_err + 2.5e-7 * scale.detach()[~nan] + 1e-37).all(), (t, err.max())
 
 
 def test_stock_upcast_fails_where_fastops_is_finite():

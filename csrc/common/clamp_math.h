@@ -12,10 +12,12 @@
 
 namespace fastops {
 
-// Clamp to [-bound, bound] keeping NaN as NaN (fmin/fmax would turn NaN into a bound).
+// Clamp to [-bound, bound] keeping NaN as NaN (fmin/fmax would turn NaN into a bound). Written as
+// two selects on the running value, which x86 compilers turn into one max and one min.
 template <typename T>
 FASTOPS_HOST_DEVICE T clamp_keep_nan(T x, T bound) {
-  return x > bound ? bound : (x < -bound ? -bound : x);
+  const T above = x < -bound ? -bound : x;
+  return above > bound ? bound : above;
 }
 
 // Gradient mask of torch.clamp: passes where -bound <= x <= bound (so not for ±inf or NaN).
@@ -33,13 +35,23 @@ FASTOPS_HOST_DEVICE bool changed_by_clamp(T x, T bound) {
 // Stable BCE-with-logits with pos_weight p (torch's formula):
 //   l(x, t) = (1 - t) x + (1 + (p - 1) t) (log1p(exp(-|x|)) + max(-x, 0)),
 //   dl/dx   = (1 + (p - 1) t) sigmoid(x) - p t.
+// The _of forms take log1p(exp(-|x|)) and sigmoid(x) from the caller (the CPU kernel's vector math).
+template <typename T>
+FASTOPS_HOST_DEVICE T bce_with_logits_of(T x, T t, T p, T log1p_exp_neg_abs_x) {
+  return (T(1) - t) * x + (T(1) + (p - T(1)) * t) * (log1p_exp_neg_abs_x + (x < T(0) ? -x : T(0)));
+}
+
 template <typename T>
 FASTOPS_HOST_DEVICE T bce_with_logits(T x, T t, T p) {
   using std::exp;
   using std::fabs;
   using std::log1p;
-  const T softplus_neg_x = log1p(exp(-fabs(x))) + (x < T(0) ? -x : T(0));
-  return (T(1) - t) * x + (T(1) + (p - T(1)) * t) * softplus_neg_x;
+  return bce_with_logits_of(x, t, p, log1p(exp(-fabs(x))));
+}
+
+template <typename T>
+FASTOPS_HOST_DEVICE T bce_with_logits_grad_of(T sigmoid_x, T t, T p) {
+  return (T(1) + (p - T(1)) * t) * sigmoid_x - p * t;
 }
 
 template <typename T>

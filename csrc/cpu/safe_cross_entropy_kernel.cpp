@@ -1,5 +1,7 @@
-// CPU kernels of the fp16-safe clamped cross-entropy: rows in parallel, each row converted to the
-// accumulation type once into an L1-resident buffer, clamped, then reduced with a vectorisable exp.
+// CPU kernels of the fp16-safe clamped cross-entropy: rows in parallel, converted to the
+// accumulation type once into L1-resident buffers, clamped, then reduced with a vectorisable exp
+// (and log). Softmax rows with few classes go sixteen at a time through a transposed tile, the
+// others one by one; sigmoid rows go in flat blocks of whole rows.
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
@@ -9,10 +11,12 @@
 #include <immintrin.h>
 #endif
 
+#include <algorithm>
 #include <vector>
 
 #include "common/clamp_math.h"
 #include "cpu/cephes_exp.h"
+#include "cpu/cephes_log.h"
 #include "cpu/isa.h"
 #include "cpu/printf_check.h"
 #include "ops/safe_cross_entropy.h"
@@ -107,17 +111,22 @@ FASTOPS_ROW_INLINE acc_t sum_exp_shifted(const acc_t* x, int64_t C, acc_t shift)
   return sum;
 }
 
-// In place on the converted row: dx_j = scale · (exp(clamp(x_j) − lse) − [j = label]), masked like
-// torch.clamp's gradient unless straight-through.
+// dx_j = scale · (exp(clamp(x_j) − lse) − [j = label]), masked like torch.clamp's gradient unless
+// straight-through: x passes where clamp(x) == x, which is inside_clamp(x) in one compare.
+template <typename acc_t>
+FASTOPS_ROW_INLINE acc_t softmax_grad(acc_t v, acc_t is_label, acc_t scale, acc_t lse, acc_t bound,
+                                      bool straight_through) {
+  const acc_t vc = clamp_keep_nan(v, bound);
+  const acc_t d = scale * (vec_exp(vc - lse) - is_label);
+  return (straight_through | (vc == v)) ? d : acc_t(0);
+}
+
+// In place on the converted row.
 template <typename acc_t>
 FASTOPS_ROW_INLINE void softmax_row_grad(acc_t* x, int64_t C, int64_t label, acc_t scale, acc_t lse, acc_t bound,
-                      bool straight_through) {
+                                         bool straight_through) {
 #pragma omp simd
-  for (int64_t j = 0; j < C; ++j) {
-    const acc_t v = x[j];
-    const acc_t d = scale * (vec_exp(clamp_keep_nan(v, bound) - lse) - acc_t(j == label));
-    x[j] = (straight_through | inside_clamp(v, bound)) ? d : acc_t(0);
-  }
+  for (int64_t j = 0; j < C; ++j) x[j] = softmax_grad(x[j], acc_t(j == label), scale, lse, bound, straight_through);
 }
 
 // The inputs of the softmax variant's row loops.
@@ -132,20 +141,83 @@ struct SoftmaxRows {
   acc_t weight_of(int64_t label) const { return weight ? weight[label] : acc_t(1); }
 };
 
+// Forward of one row, converted into `row`: lse and weighted loss; adds to the clamp counts.
+template <typename scalar_t, typename acc_t>
+FASTOPS_ROW_INLINE void softmax_forward_row(const SoftmaxRows<scalar_t, acc_t>& in, int64_t i, acc_t* row,
+                                            RowStats& stats, acc_t* loss_out, acc_t* lse_out) {
+  const int64_t C = in.C;
+  const acc_t row_max = clamp_row(row, C, in.bound, stats);
+  const acc_t row_lse = row_max + std::log(sum_exp_shifted(row, C, row_max));
+  lse_out[i] = row_lse;
+  const int64_t label = in.labels[i];
+  loss_out[i] = label == in.ignore_index ? acc_t(0) : in.weight_of(label) * (row_lse - row[label]);
+}
+
+// Rows with few classes go kTileRows at a time through a transposed tile, one row per SIMD lane:
+// max, sum and log then run across rows, with no horizontal reduction per row, and the tile's
+// logits are read from memory once. Tiles with a logit to clamp or a NaN (rare) and the last
+// rows take the per-row path.
+constexpr int64_t kTileRows = 16;
+constexpr int64_t kTileMaxC = 256;
+
+FASTOPS_ROW_INLINE float vec_log(float x) { return cephes::log(x); }
+FASTOPS_ROW_INLINE double vec_log(double x) { return std::log(x); }
+
 // Forward of rows [begin, end): lse and weighted loss per row; returns the clamp counts.
 template <typename scalar_t, typename acc_t>
 FASTOPS_ROW_INLINE RowStats softmax_forward_rows(const SoftmaxRows<scalar_t, acc_t>& in, int64_t begin, int64_t end,
                                                  acc_t* loss_out, acc_t* lse_out) {
+  constexpr int64_t R = kTileRows;
   const int64_t C = in.C;
-  std::vector<acc_t> row(C);
+  const acc_t bound = in.bound;
+  const bool tiled = C <= kTileMaxC;
+  std::vector<acc_t> rows(tiled ? R * C : C), tile(tiled ? C * R : 0);
   RowStats stats;
-  for (int64_t i = begin; i < end; ++i) {
-    load_row(in.logits + i * C, C, row.data());
-    const acc_t row_max = clamp_row(row.data(), C, in.bound, stats);
-    const acc_t row_lse = row_max + std::log(sum_exp_shifted(row.data(), C, row_max));
-    lse_out[i] = row_lse;
-    const int64_t label = in.labels[i];
-    loss_out[i] = label == in.ignore_index ? acc_t(0) : in.weight_of(label) * (row_lse - row[label]);
+  int64_t i = begin;
+  for (; tiled && i + R <= end; i += R) {
+    load_row(in.logits + i * C, R * C, rows.data());
+    acc_t* t = tile.data();
+    const acc_t* x = rows.data();
+    for (int64_t j = 0; j < C; ++j) {
+#pragma omp simd
+      for (int64_t r = 0; r < R; ++r) t[j * R + r] = x[r * C + j];
+    }
+    // As clamp_row's first pass: the sum of x * 0 is NaN where a row holds a NaN or an inf.
+    acc_t row_max[R], row_min[R], nonfinite[R], sum[R];
+#pragma omp simd
+    for (int64_t r = 0; r < R; ++r) row_max[r] = -bound, row_min[r] = bound, nonfinite[r] = 0, sum[r] = 0;
+    for (int64_t j = 0; j < C; ++j) {
+#pragma omp simd
+      for (int64_t r = 0; r < R; ++r) {
+        const acc_t v = t[j * R + r];
+        row_max[r] = v > row_max[r] ? v : row_max[r];
+        row_min[r] = v < row_min[r] ? v : row_min[r];
+        nonfinite[r] += v * acc_t(0);
+      }
+    }
+    bool clean = true;
+    for (int64_t r = 0; r < R; ++r) {
+      clean &= nonfinite[r] == acc_t(0) && row_max[r] <= bound && row_min[r] >= -bound;
+    }
+    if (!clean) {
+      for (int64_t r = 0; r < R; ++r) softmax_forward_row(in, i + r, rows.data() + r * C, stats, loss_out, lse_out);
+      continue;
+    }
+    for (int64_t j = 0; j < C; ++j) {
+#pragma omp simd
+      for (int64_t r = 0; r < R; ++r) sum[r] += vec_exp(t[j * R + r] - row_max[r]);
+    }
+#pragma omp simd
+    for (int64_t r = 0; r < R; ++r) lse_out[i + r] = row_max[r] + vec_log(sum[r]);
+    for (int64_t r = 0; r < R; ++r) {
+      const int64_t label = in.labels[i + r];
+      loss_out[i + r] =
+          label == in.ignore_index ? acc_t(0) : in.weight_of(label) * (lse_out[i + r] - x[r * C + label]);
+    }
+  }
+  for (; i < end; ++i) {
+    load_row(in.logits + i * C, C, rows.data());
+    softmax_forward_row(in, i, rows.data(), stats, loss_out, lse_out);
   }
   return stats;
 }
@@ -281,23 +353,150 @@ at::Tensor safe_cross_entropy_backward_cpu(const at::Tensor& grad_loss, const at
 }
 
 // Sigmoid variant: int64 targets are class indices in [0, C] (C = background: all-zero row),
-// float targets are [N, C] probabilities; rows labelled ignore_index give zero loss.
-template <typename acc_t>
-struct SigmoidTargets {
-  const int64_t* labels;  // set for class-index targets
-  const acc_t* probs;     // set for float targets
-  int64_t ignore_index;
-
-  acc_t at(int64_t i, int64_t j, int64_t C) const {
-    return labels ? acc_t(labels[i] == j) : probs[i * C + j];
-  }
-  bool ignored(int64_t i) const { return labels && labels[i] == ignore_index; }
+// float targets are [N, C] probabilities; rows labelled ignore_index give zero loss and gradient.
+template <typename scalar_t, typename acc_t>
+struct SigmoidRows {
+  const scalar_t* logits;  // [N, C]
+  const int64_t* labels;   // [N], set for class-index targets
+  const acc_t* probs;      // [N, C], set for float targets
+  const acc_t* pos_weight;  // [C] or null
+  int64_t C, ignore_index;
+  acc_t bound;
 };
 
-template <typename acc_t>
-SigmoidTargets<acc_t> sigmoid_targets(const at::Tensor& targets, int64_t ignore_index) {
-  if (targets.scalar_type() == at::kLong) return {targets.data_ptr<int64_t>(), nullptr, ignore_index};
-  return {nullptr, targets.data_ptr<acc_t>(), ignore_index};
+// The element-wise loss runs on blocks of whole rows taken as one flat span of about kSpan
+// elements, so that C = 1 (objectness) vectorises as well as C = 80. A block holds its logits in
+// the accumulation type, its targets when they are class indices, and pos_weight tiled over its
+// rows (ones without it).
+constexpr int64_t kSpan = 1024;
+
+template <typename scalar_t, typename acc_t>
+struct SigmoidBlocks {
+  const SigmoidRows<scalar_t, acc_t>& in;
+  const int64_t rows;  // per block
+  std::vector<acc_t> x, t, w;
+
+  explicit SigmoidBlocks(const SigmoidRows<scalar_t, acc_t>& rows_in)
+      : in(rows_in), rows(std::max<int64_t>(1, kSpan / rows_in.C)), x(rows * rows_in.C),
+        t(rows_in.labels ? rows * rows_in.C : 0), w(rows * rows_in.C, acc_t(1)) {
+    if (in.pos_weight) {
+      for (int64_t r = 0; r < rows; ++r) std::copy(in.pos_weight, in.pos_weight + in.C, w.begin() + r * in.C);
+    }
+  }
+
+  // Loads rows [r0, r1) into x; returns their targets.
+  const acc_t* load(int64_t r0, int64_t r1) {
+    const int64_t C = in.C;
+    load_row(in.logits + r0 * C, (r1 - r0) * C, x.data());
+    if (!in.labels) return in.probs + r0 * C;
+    std::fill(t.begin(), t.begin() + (r1 - r0) * C, acc_t(0));
+    for (int64_t r = r0; r < r1; ++r) {
+      if (in.labels[r] >= 0 && in.labels[r] < C) t[(r - r0) * C + in.labels[r]] = acc_t(1);
+    }
+    return t.data();
+  }
+
+  void zero_ignored_rows(int64_t r0, int64_t r1, acc_t* out) const {
+    if (!in.labels) return;
+    for (int64_t r = r0; r < r1; ++r) {
+      if (in.labels[r] == in.ignore_index) std::fill(out + (r - r0) * in.C, out + (r - r0 + 1) * in.C, acc_t(0));
+    }
+  }
+};
+
+FASTOPS_ROW_INLINE float vec_log1p(float x) { return cephes::log1p(x); }
+FASTOPS_ROW_INLINE double vec_log1p(double x) { return std::log1p(x); }
+
+// Forward of rows [begin, end): loss per element and the clamp counts.
+template <typename scalar_t, typename acc_t>
+FASTOPS_ROW_INLINE RowStats sigmoid_forward_rows(const SigmoidRows<scalar_t, acc_t>& in, int64_t begin, int64_t end,
+                                                 acc_t* loss_out) {
+  SigmoidBlocks<scalar_t, acc_t> blocks(in);
+  const acc_t bound = in.bound;
+  RowStats stats;
+  for (int64_t r0 = begin; r0 < end; r0 += blocks.rows) {
+    const int64_t r1 = std::min(end, r0 + blocks.rows), n = (r1 - r0) * in.C;
+    const acc_t* t = blocks.load(r0, r1);
+    const acc_t* x = blocks.x.data();
+    const acc_t* w = blocks.w.data();
+    acc_t* out = loss_out + r0 * in.C;
+    int32_t clamped = 0, nan = 0;  // 32-bit lanes: a block holds at most max(kSpan, C) elements
+#pragma omp simd reduction(+ : clamped, nan)
+    for (int64_t k = 0; k < n; ++k) {
+      const acc_t v = x[k];
+      clamped += changed_by_clamp(v, bound);
+      nan += (v != v);
+      const acc_t vc = clamp_keep_nan(v, bound);
+      out[k] = bce_with_logits_of(vc, t[k], w[k], vec_log1p(vec_exp(-std::fabs(vc))));
+    }
+    stats.clamped += clamped;
+    stats.nan += nan;
+    blocks.zero_ignored_rows(r0, r1, out);
+  }
+  return stats;
+}
+
+// Backward of rows [begin, end), in x's buffer: sigmoid(x) = 1 / (1 + e) for x >= 0 and
+// e / (1 + e) below, e = exp(-|x|) (no overflow, and 0 rather than a subnormal far out).
+template <typename scalar_t, typename acc_t>
+FASTOPS_ROW_INLINE void sigmoid_backward_rows(const SigmoidRows<scalar_t, acc_t>& in, const acc_t* grad_loss,
+                                              bool straight_through, int64_t begin, int64_t end,
+                                              scalar_t* grad_logits) {
+  SigmoidBlocks<scalar_t, acc_t> blocks(in);
+  const acc_t bound = in.bound;
+  for (int64_t r0 = begin; r0 < end; r0 += blocks.rows) {
+    const int64_t r1 = std::min(end, r0 + blocks.rows), n = (r1 - r0) * in.C;
+    const acc_t* t = blocks.load(r0, r1);
+    acc_t* x = blocks.x.data();
+    const acc_t* w = blocks.w.data();
+    const acc_t* g = grad_loss + r0 * in.C;
+#pragma omp simd
+    for (int64_t k = 0; k < n; ++k) {
+      const acc_t v = x[k];
+      const acc_t vc = clamp_keep_nan(v, bound);
+      const acc_t e = vec_exp(-std::fabs(vc));
+      const acc_t sigmoid = (vc >= acc_t(0) ? acc_t(1) : e) / (acc_t(1) + e);
+      const acc_t d = g[k] * bce_with_logits_grad_of(sigmoid, t[k], w[k]);
+      x[k] = (straight_through | (vc == v)) ? d : acc_t(0);  // vc == v: inside_clamp(v, bound)
+    }
+    blocks.zero_ignored_rows(r0, r1, x);
+    store_row(x, n, grad_logits + r0 * in.C);
+  }
+}
+
+#if FASTOPS_HAS_AVX512
+template <typename scalar_t, typename acc_t>
+FASTOPS_AVX512 RowStats sigmoid_forward_rows_avx512(const SigmoidRows<scalar_t, acc_t>& in, int64_t begin,
+                                                    int64_t end, acc_t* loss_out) {
+  return sigmoid_forward_rows(in, begin, end, loss_out);
+}
+
+template <typename scalar_t, typename acc_t>
+FASTOPS_AVX512 void sigmoid_backward_rows_avx512(const SigmoidRows<scalar_t, acc_t>& in, const acc_t* grad_loss,
+                                                 bool straight_through, int64_t begin, int64_t end,
+                                                 scalar_t* grad_logits) {
+  sigmoid_backward_rows(in, grad_loss, straight_through, begin, end, grad_logits);
+}
+#endif
+
+template <typename scalar_t, typename acc_t>
+RowStats sigmoid_forward_dispatch(const SigmoidRows<scalar_t, acc_t>& in, int64_t begin, int64_t end,
+                                  acc_t* loss_out) {
+#if FASTOPS_HAS_AVX512
+  if (cpu_isa() == CpuIsa::kAvx512) return sigmoid_forward_rows_avx512(in, begin, end, loss_out);
+#endif
+  return sigmoid_forward_rows(in, begin, end, loss_out);
+}
+
+template <typename scalar_t, typename acc_t>
+void sigmoid_backward_dispatch(const SigmoidRows<scalar_t, acc_t>& in, const acc_t* grad_loss,
+                               bool straight_through, int64_t begin, int64_t end, scalar_t* grad_logits) {
+#if FASTOPS_HAS_AVX512
+  if (cpu_isa() == CpuIsa::kAvx512) {
+    return sigmoid_backward_rows_avx512(in, grad_loss, straight_through, begin, end, grad_logits);
+  }
+#endif
+  sigmoid_backward_rows(in, grad_loss, straight_through, begin, end, grad_logits);
 }
 
 at::Tensor prepare_sigmoid_targets(const at::Tensor& targets, const at::Tensor& logits,
@@ -308,39 +507,38 @@ at::Tensor prepare_sigmoid_targets(const at::Tensor& targets, const at::Tensor& 
   return labels;
 }
 
+template <typename scalar_t, typename acc_t>
+SigmoidRows<scalar_t, acc_t> sigmoid_rows(const at::Tensor& logits, const at::Tensor& targets,
+                                          const std::optional<at::Tensor>& pos_weight, int64_t ignore_index,
+                                          double clamp) {
+  const bool labels = targets.scalar_type() == at::kLong;
+  return {logits.data_ptr<scalar_t>(),
+          labels ? targets.data_ptr<int64_t>() : nullptr,
+          labels ? nullptr : targets.data_ptr<acc_t>(),
+          pos_weight ? pos_weight->data_ptr<acc_t>() : nullptr,
+          logits.size(1),
+          ignore_index,
+          static_cast<acc_t>(clamp)};
+}
+
 std::tuple<at::Tensor, at::Tensor> safe_sigmoid_cross_entropy_cpu(
     const at::Tensor& logits_in, const at::Tensor& targets_in,
     const std::optional<at::Tensor>& pos_weight_in, int64_t ignore_index, double clamp, bool /*straight_through*/) {
   check_sigmoid_args(logits_in, targets_in, pos_weight_in, clamp);
   const auto logits = logits_in.contiguous();
   const auto targets = prepare_sigmoid_targets(targets_in, logits, ignore_index);
-  const int64_t N = logits.size(0), C = logits.size(1);
-  auto loss = at::empty({N, C}, logits.options().dtype(loss_dtype(logits)));
+  const int64_t N = logits.size(0);
+  auto loss = at::empty(logits.sizes(), logits.options().dtype(loss_dtype(logits)));
   std::vector<RowStats> per_thread(at::get_num_threads());
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, logits.scalar_type(), "safe_bce_fwd", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     const auto pos_weight = pos_weight_in.has_value()
                                 ? std::optional<at::Tensor>(pos_weight_in->to(loss.scalar_type()).contiguous())
                                 : std::nullopt;
-    const acc_t* pw = pos_weight ? pos_weight->data_ptr<acc_t>() : nullptr;
-    const auto t = sigmoid_targets<acc_t>(targets, ignore_index);
-    const scalar_t* x = logits.data_ptr<scalar_t>();
+    const auto in = sigmoid_rows<scalar_t, acc_t>(logits, targets, pos_weight, ignore_index, clamp);
     acc_t* out = loss.data_ptr<acc_t>();
-    const acc_t bound = static_cast<acc_t>(clamp);
     at::parallel_for(0, N, kRowGrain, [&](int64_t begin, int64_t end) {
-      RowStats stats;
-      for (int64_t i = begin; i < end; ++i) {
-        const bool ignored = t.ignored(i);
-        for (int64_t j = 0; j < C; ++j) {
-          const acc_t xj = static_cast<acc_t>(x[i * C + j]);
-          stats.clamped += changed_by_clamp(xj, bound);
-          stats.nan += (xj != xj);
-          out[i * C + j] = ignored ? acc_t(0)
-                                   : bce_with_logits(clamp_keep_nan(xj, bound), t.at(i, j, C),
-                                                     pw ? pw[j] : acc_t(1));
-        }
-      }
-      per_thread[at::get_thread_num()].add(stats);
+      per_thread[at::get_thread_num()].add(sigmoid_forward_dispatch(in, begin, end, out));
     });
   });
   return {loss, stats_tensor(per_thread)};
@@ -354,7 +552,7 @@ at::Tensor safe_sigmoid_cross_entropy_backward_cpu(
   check_sigmoid_backward_args(grad_loss, logits_in);
   const auto logits = logits_in.contiguous();
   const auto targets = prepare_sigmoid_targets(targets_in, logits, ignore_index);
-  const int64_t N = logits.size(0), C = logits.size(1);
+  const int64_t N = logits.size(0);
   auto grad_logits = at::empty_like(logits);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, logits.scalar_type(), "safe_bce_bwd", [&] {
     using acc_t = at::opmath_type<scalar_t>;
@@ -363,24 +561,11 @@ at::Tensor safe_sigmoid_cross_entropy_backward_cpu(
     const auto pos_weight = pos_weight_in.has_value()
                                 ? std::optional<at::Tensor>(pos_weight_in->to(acc_dtype).contiguous())
                                 : std::nullopt;
-    const acc_t* pw = pos_weight ? pos_weight->data_ptr<acc_t>() : nullptr;
-    const auto t = sigmoid_targets<acc_t>(targets, ignore_index);
-    const scalar_t* x = logits.data_ptr<scalar_t>();
+    const auto in = sigmoid_rows<scalar_t, acc_t>(logits, targets, pos_weight, ignore_index, clamp);
     const acc_t* g = grad.data_ptr<acc_t>();
     scalar_t* dx = grad_logits.data_ptr<scalar_t>();
-    const acc_t bound = static_cast<acc_t>(clamp);
     at::parallel_for(0, N, kRowGrain, [&](int64_t begin, int64_t end) {
-      for (int64_t i = begin; i < end; ++i) {
-        const bool ignored = t.ignored(i);
-        for (int64_t j = 0; j < C; ++j) {
-          const acc_t xj = static_cast<acc_t>(x[i * C + j]);
-          const bool passes = !ignored && (straight_through || inside_clamp(xj, bound));
-          dx[i * C + j] = static_cast<scalar_t>(
-              passes ? g[i * C + j] * bce_with_logits_grad(clamp_keep_nan(xj, bound), t.at(i, j, C),
-                                                           pw ? pw[j] : acc_t(1))
-                     : acc_t(0));
-        }
-      }
+      sigmoid_backward_dispatch(in, g, straight_through, begin, end, dx);
     });
   });
   return grad_logits;

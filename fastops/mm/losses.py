@@ -78,17 +78,20 @@ class SafeCrossEntropyLoss(CrossEntropyLoss):
             valid_rows = (label != ignore_index).float()
             row_weight = valid_rows if weight is None else weight.float().view(-1) * valid_rows
             weight = row_weight.view(-1, 1).expand_as(logits)
-            num_valid = valid_rows.sum() * logits.size(1)
+            count_valid = lambda: valid_rows.sum() * logits.size(1)  # noqa: E731
         else:  # per-element targets
             targets = label.view_as(logits).float()
-            valid = ((targets >= 0) & (targets != ignore_index)).float()
+            valid = targets >= 0
+            if ignore_index >= 0:  # a negative ignore_index fails `targets >= 0` already
+                valid &= targets != ignore_index
+            valid = valid.float()
             weight = valid if weight is None else weight.float().view_as(logits) * valid
-            num_valid = valid.sum()
+            count_valid = valid.sum
         loss, num_clamped, num_nan = safe_sigmoid_cross_entropy(logits, targets, class_weight, ignore_index,
                                                                 self.clamp, self.clamp_grad)
         self._counters.push(num_clamped=num_clamped, num_nan=num_nan)
         if avg_factor is None and avg_non_ignore and reduction == 'mean':
-            avg_factor = num_valid
+            avg_factor = count_valid()
         return weight_reduce_loss(loss.view_as(pred), weight.reshape(pred.shape), reduction=reduction,
                                   avg_factor=avg_factor)
 
