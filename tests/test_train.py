@@ -132,6 +132,18 @@ def test_faster_rcnn_amp_two_process_logs_num_clamped(detection_data, tmp_path):
     assert "CPUAmpOptimWrapper" in log  # the config's AmpOptimWrapper, bfloat16 autocast on CPU
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("config", ["rtmdet_smoke.py", "rtmdet_ins_smoke.py"])
+def test_rtmdet_smoke_configs_train_with_two_processes_on_cpu(config, detection_data, tmp_path):
+    """RTMDet converts BN to SyncBN when several processes train, and SyncBN needs CUDA: the smoke
+    configs keep BN so that the fastops heads train distributed on CPU."""
+    done = train(os.path.join(CONFIGS, "smoke", config), tmp_path, detection_data)
+    assert done.returncode == 0, done.stderr[-3000:]
+    losses = [record["loss"] for record in training_log(tmp_path)]
+    assert len(losses) == SMOKE_ITERS and all(math.isfinite(loss) for loss in losses)
+    assert "Distributed training: True" in run_log_text(tmp_path)
+
+
 FULL_CONFIGS = [
     # config, lr in the config, images per process, base_batch_size
     ("rtmo/rtmo-s_fastops_8xb32-600e_coco-640x640.py", 0.004, 32, 256),

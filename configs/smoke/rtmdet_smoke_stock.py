@@ -53,7 +53,11 @@ log_processor = dict(by_epoch=False, window_size=1)
 custom_hooks = []
 randomness = dict(seed=0, deterministic=True)
 
+# BN for the published SyncBN (same defaults) and no conversion to SyncBN (RTMDet's use_syncbn):
+# PyTorch's SyncBatchNorm needs CUDA, so `fastops train --nproc 2` fails on CPU with it.
+norm_cfg = dict(type='BN')
 model = dict(
-    backbone=dict(widen_factor=0.125, init_cfg=None),
-    neck=dict(in_channels=[32, 64, 128], out_channels=32),
-    bbox_head=dict(num_classes=len(classes), in_channels=32, feat_channels=32))
+    use_syncbn=False,
+    backbone=dict(widen_factor=0.125, init_cfg=None, norm_cfg=norm_cfg),
+    neck=dict(in_channels=[32, 64, 128], out_channels=32, norm_cfg=norm_cfg),
+    bbox_head=dict(num_classes=len(classes), in_channels=32, feat_channels=32, norm_cfg=norm_cfg))
