@@ -6,6 +6,7 @@ The SimOTA drop-ins run :func:`fastops.simota_assign`, the dynamic soft-label on
 ``type='FusedDynamicSoftLabelAssigner'``. Each class registers only when its package (mmpose,
 mmdet) is importable.
 """
+import copy
 from typing import List, Optional, Sequence, Tuple
 
 import torch
@@ -16,12 +17,28 @@ from fastops.ops.simota_assign import simota_assign
 INF = 100000.0
 
 
+def _type_name(kind) -> str:
+    """A config's ``type`` as written (a registry name, possibly scoped) or the class's name."""
+    return kind if isinstance(kind, str) else getattr(kind, '__name__', str(kind))
+
+
+def fused_assigner_cfg(assigner: dict, head: str, stock: str, fused: type) -> dict:
+    """The assigner config with the stock assigner named `stock` (or its fastops drop-in,
+    ``Fused<stock>``) swapped for the class `fused`, same constructor arguments; any other
+    assigner cannot assign a batch in one call."""
+    cfg = copy.deepcopy(assigner)
+    kind = _type_name(cfg.get('type'))
+    if kind.split('.')[-1] not in (stock, f'Fused{stock}'):
+        raise ValueError(f'{head}: assigner must be {stock} or Fused{stock}, got {kind}')
+    cfg['type'] = fused
+    return cfg
+
+
 def _check_iou_calculator(iou_calculator: dict, assigner: str) -> None:
     """The default fp32 scale-1 ``BboxOverlaps2D`` (mmdet's spelling) / ``BBoxOverlaps2D`` (mmpose's)
     is the only IoU the kernels compute."""
     cfg = dict(iou_calculator)
-    kind = cfg.pop('type', None)
-    kind = kind if isinstance(kind, str) else getattr(kind, '__name__', str(kind))
+    kind = _type_name(cfg.pop('type', None))
     if (kind.split('.')[-1] not in ('BboxOverlaps2D', 'BBoxOverlaps2D') or cfg.get('dtype') not in (None, 'fp32')
             or float(cfg.get('scale', 1.0)) != 1.0 or set(cfg) - {'dtype', 'scale'}):
         raise ValueError(f'{assigner} computes the fp32 BboxOverlaps2D IoU (scale 1.0) itself; '

@@ -4,7 +4,6 @@ loss) and ``FastYOLOXPoseHead`` (``YOLOXPoseHead``).
 Config change: ``model.head.type='FastRTMOHead'`` / ``'FastYOLOXPoseHead'`` (and
 ``custom_imports=['fastops.mm']``).
 """
-import copy
 from typing import List, Optional, Sequence, Tuple
 
 import torch
@@ -20,7 +19,7 @@ from mmpose.registry import MODELS
 from mmpose.structures.bbox import bbox_xyxy2cs
 from torch import Tensor
 
-from fastops.mm.assigners import FusedSimOTAAssigner
+from fastops.mm.assigners import FusedSimOTAAssigner, fused_assigner_cfg
 from fastops.mm.counters import DeferredCounters
 from fastops.mm.losses import LogMLECCLoss
 from fastops.ops.mlecc_loss import STOCK_FLOOR, mlecc_loss_from_logits
@@ -32,19 +31,6 @@ LOGIT_CLIP = 1e4
 OBJECTNESS_LOGIT = 1e4
 # A predicted keypoint counts for the unlabelled-instance mask when its visibility exceeds this.
 MASK_VIS_THR = 0.3
-
-
-def _fused_assigner_cfg(assigner: dict, head: str, fused: type = FusedSimOTAAssigner) -> dict:
-    """The assigner config with a ``SimOTAAssigner`` swapped for `fused` (the fastops
-    ``FusedSimOTAAssigner`` of mmpose, or of mmdet; same constructor arguments); any other
-    assigner cannot assign a batch in one call."""
-    cfg = copy.deepcopy(assigner)
-    kind = cfg.get('type')
-    kind = kind if isinstance(kind, str) else getattr(kind, '__name__', str(kind))
-    if kind.split('.')[-1] not in ('SimOTAAssigner', 'FusedSimOTAAssigner'):
-        raise ValueError(f'{head}: assigner must be SimOTAAssigner or FusedSimOTAAssigner, got {kind}')
-    cfg['type'] = fused
-    return cfg
 
 
 def _concat_gts(batch_gt_instances: Sequence[InstanceData]) -> Tuple[Optional[dict], Tensor]:
@@ -85,7 +71,7 @@ class BatchedPoseTargets:
         name = type(self).__name__
         if assigner is None:
             raise ValueError(f'{name}: an assigner config (SimOTAAssigner) is required')
-        super().__init__(*args, assigner=_fused_assigner_cfg(assigner, name), **kwargs)
+        super().__init__(*args, assigner=fused_assigner_cfg(assigner, name, 'SimOTAAssigner', FusedSimOTAAssigner), **kwargs)
         _fuse_swish(self.head_module)
 
     # ------------------------------------------------------------------ targets

@@ -7,7 +7,6 @@ Config change: ``model.bbox_head.type='FastRTMDetSepBNHead'`` (or ``'FastRTMDetI
 and ``custom_imports=dict(imports=['fastops.mm'])``; ``train_cfg.assigner`` may stay mmdet's
 ``DynamicSoftLabelAssigner`` (built as ``FusedDynamicSoftLabelAssigner`` with the same arguments).
 """
-import copy
 from typing import List, Optional, Sequence
 
 import torch
@@ -19,24 +18,7 @@ from mmengine.config import ConfigDict
 from mmengine.structures import InstanceData
 from torch import Tensor
 
-from fastops.mm.assigners import FusedDynamicSoftLabelAssigner, _horizontal_boxes
-
-STOCK_ASSIGNERS = ('DynamicSoftLabelAssigner', 'FusedDynamicSoftLabelAssigner')
-
-
-def _fused_dsl_assigner_cfg(assigner: dict, head: str) -> dict:
-    """The assigner config with a ``DynamicSoftLabelAssigner`` swapped for fastops'
-    ``FusedDynamicSoftLabelAssigner`` (same constructor arguments); any other assigner cannot
-    assign a batch in one call."""
-    cfg = copy.deepcopy(assigner)
-    kind = cfg.get('type')
-    kind = kind if isinstance(kind, str) else getattr(kind, '__name__', str(kind))
-    if kind.split('.')[-1] not in STOCK_ASSIGNERS:
-        raise ValueError(f'{head}: assigner must be DynamicSoftLabelAssigner or FusedDynamicSoftLabelAssigner, '
-                         f'got {kind}')
-    cfg['type'] = FusedDynamicSoftLabelAssigner
-    return cfg
-
+from fastops.mm.assigners import FusedDynamicSoftLabelAssigner, _horizontal_boxes, fused_assigner_cfg
 
 class BatchedDSLTargets:
     """``get_targets`` of mmdet's RTMDet heads from one batched dynamic soft-label assignment.
@@ -163,8 +145,9 @@ class _FastHeadMixin(BatchedDSLTargets):
 
     def __init__(self, *args, train_cfg: Optional[dict] = None, **kwargs):
         if train_cfg:
-            train_cfg = ConfigDict(train_cfg, assigner=_fused_dsl_assigner_cfg(train_cfg['assigner'],
-                                                                               type(self).__name__))
+            assigner = fused_assigner_cfg(train_cfg['assigner'], type(self).__name__, 'DynamicSoftLabelAssigner',
+                                          FusedDynamicSoftLabelAssigner)
+            train_cfg = ConfigDict(train_cfg, assigner=assigner)
         super().__init__(*args, train_cfg=train_cfg, **kwargs)
         if train_cfg:
             self._check_train_cfg()

@@ -14,8 +14,7 @@ from mmengine.config import ConfigDict
 from mmengine.structures import InstanceData
 from torch import Tensor
 
-from fastops.mm.assigners import FusedSimOTAAssignerYOLOX
-from fastops.mm.heads import _fused_assigner_cfg
+from fastops.mm.assigners import FusedSimOTAAssignerYOLOX, fused_assigner_cfg
 
 
 def _flatten_levels(maps: Sequence[Tensor]) -> Tensor:
@@ -54,7 +53,8 @@ class FastYOLOXHead(YOLOXHead):
 
     def __init__(self, *args, train_cfg: Optional[dict] = None, **kwargs):
         if train_cfg:
-            assigner = _fused_assigner_cfg(train_cfg['assigner'], type(self).__name__, FusedSimOTAAssignerYOLOX)
+            assigner = fused_assigner_cfg(train_cfg['assigner'], type(self).__name__, 'SimOTAAssigner',
+                                          FusedSimOTAAssignerYOLOX)
             train_cfg = ConfigDict(train_cfg, assigner=assigner)
         super().__init__(*args, train_cfg=train_cfg, **kwargs)
 
