@@ -74,11 +74,23 @@ int64_t cheapest_gt(int64_t num_gt, CostOfGt cost) {
   return best;
 }
 
-// Turns the per-gt picks of one image (positions among its valid priors) into one gt per picked
-// prior: the gt that picked it, or `resolve_conflict(v)` when several did. Calls match(v, g).
-template <typename ResolveConflict, typename Match>
-void resolve_picks(int64_t num_valid, const std::vector<int64_t>* picked, int64_t num_gt,
-                   ResolveConflict resolve_conflict, Match match) {
+// One image's [P] output rows.
+struct ImageRows {
+  int64_t* gt_inds;
+  float* overlaps;
+  int64_t* labels;
+};
+
+// Writes the rows of an image with gts and valid priors from its per-gt picks (positions in
+// `prior_of`, the image's valid prior indices): unmatched priors keep gt 0, label -1 and
+// `unmatched_overlap`; a picked prior goes to the gt that picked it or, picked by several, to the
+// gt of lowest cost(p, g) over all gts (those that picked it have a cost that is not NaN), with
+// overlap(p, g).
+template <typename CostOf, typename OverlapOf>
+void write_image_rows(const std::vector<int64_t>& prior_of, const std::vector<int64_t>* picked, int64_t num_gt,
+                      const int64_t* gt_labels, int64_t num_priors, float unmatched_overlap, CostOf cost,
+                      OverlapOf overlap, ImageRows rows) {
+  const int64_t num_valid = static_cast<int64_t>(prior_of.size());
   std::vector<int32_t> times_picked(num_valid, 0);
   std::vector<int64_t> picked_by(num_valid, 0);
   for (int64_t g = 0; g < num_gt; ++g) {
@@ -87,8 +99,15 @@ void resolve_picks(int64_t num_valid, const std::vector<int64_t>* picked, int64_
       picked_by[v] = g;
     }
   }
+  std::fill(rows.overlaps, rows.overlaps + num_priors, unmatched_overlap);
   for (int64_t v = 0; v < num_valid; ++v) {
-    if (times_picked[v] > 0) match(v, times_picked[v] > 1 ? resolve_conflict(v) : picked_by[v]);
+    if (times_picked[v] == 0) continue;
+    const int64_t p = prior_of[v];
+    const int64_t g =
+        times_picked[v] > 1 ? cheapest_gt(num_gt, [&](int64_t h) { return cost(p, h); }) : picked_by[v];
+    rows.gt_inds[p] = g + 1;
+    rows.labels[p] = gt_labels[g];
+    rows.overlaps[p] = overlap(p, g);
   }
 }
 

@@ -118,32 +118,6 @@ std::vector<int64_t> select_for_gt(const ImageData& img, const Params& prm, cons
   return cheapest.indices();  // fewer than dynamic_k when costs are NaN
 }
 
-struct Outputs {
-  int64_t* gt_inds;
-  float* overlaps;
-  int64_t* labels;
-};
-
-// Turns the per-gt picks of one image into its assignment row; a prior picked by several gts goes
-// to the argmin of its full cost row.
-void resolve_image(const ImageData& img, const Params& prm, const std::vector<int64_t>& valid,
-                   const std::vector<int64_t>* picked, int64_t b, const ClassSums& class_sums, Outputs out) {
-  auto cheapest = [&](int64_t v) {
-    const int64_t p = valid[v];
-    return dynamic_k::cheapest_gt(img.num_gt, [&](int64_t g) {
-      return soft_label::pair_cost(img, prm, p, g, soft_label::pair_iou(img, p, g), class_sums.get(img, b, p));
-    });
-  };
-  std::fill(out.overlaps, out.overlaps + prm.P, soft_label::kUnmatchedOverlap);
-  dynamic_k::resolve_picks(static_cast<int64_t>(valid.size()), picked, img.num_gt, cheapest,
-                           [&](int64_t v, int64_t g) {
-                             const int64_t p = valid[v];
-                             out.gt_inds[p] = g + 1;
-                             out.labels[p] = img.gt_labels[g];
-                             out.overlaps[p] = soft_label::pair_iou(img, p, g);
-                           });
-}
-
 std::tuple<at::Tensor, at::Tensor, at::Tensor> dynamic_soft_label_assign_cpu(
     const at::Tensor& priors, const at::Tensor& pred_bboxes, const at::Tensor& pred_scores,
     const at::Tensor& gt_bboxes, const at::Tensor& gt_labels, const at::Tensor& num_gts,
@@ -183,9 +157,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> dynamic_soft_label_assign_cpu(
   at::parallel_for(0, B, 1, [&](int64_t begin, int64_t end) {
     for (int64_t b = begin; b < end; ++b) {
       if (batch.num_gts[b] == 0 || valid[b].empty()) continue;
-      Outputs out{gt_inds.data_ptr<int64_t>() + b * P, overlaps.data_ptr<float>() + b * P,
-                  labels.data_ptr<int64_t>() + b * P};
-      resolve_image(image(b), prm, valid[b], picked.data() + b * G, b, class_sums, out);
+      const ImageData img = image(b);
+      dynamic_k::write_image_rows(
+          valid[b], picked.data() + b * G, img.num_gt, img.gt_labels, P, soft_label::kUnmatchedOverlap,
+          [&](int64_t p, int64_t g) {
+            return soft_label::pair_cost(img, prm, p, g, soft_label::pair_iou(img, p, g), class_sums.get(img, b, p));
+          },
+          [&](int64_t p, int64_t g) { return soft_label::pair_iou(img, p, g); },
+          {gt_inds.data_ptr<int64_t>() + b * P, overlaps.data_ptr<float>() + b * P,
+           labels.data_ptr<int64_t>() + b * P});
     }
   });
   return {gt_inds, overlaps, labels};

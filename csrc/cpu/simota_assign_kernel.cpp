@@ -201,30 +201,6 @@ std::vector<int64_t> select_for_gt(const ImageData& img, const Params& prm, cons
   return chosen.indices();
 }
 
-struct Outputs {
-  int64_t* gt_inds;
-  float* overlaps;
-  int64_t* labels;
-};
-
-// Turns the per-gt selections of one image into its assignment row. A prior picked by several gts
-// goes to the argmin of its full cost row (the gts that picked it have a cost that is not NaN).
-void resolve_image(const ImageData& img, const Params& prm, const ValidPriors& valid,
-                   const std::vector<int64_t>* picked, Outputs out) {
-  auto cheapest = [&](int64_t v) {
-    const int64_t p = valid.index[v];
-    return dynamic_k::cheapest_gt(img.num_gt, [&](int64_t g) {
-      return simota::pair_cost(img, prm, p, g, simota::pair_similarity(img, prm, p, g));
-    });
-  };
-  dynamic_k::resolve_picks(valid.size(), picked, img.num_gt, cheapest, [&](int64_t v, int64_t g) {
-    const int64_t p = valid.index[v];
-    out.gt_inds[p] = g + 1;
-    out.labels[p] = img.gt_labels[g];
-    out.overlaps[p] = simota::pair_similarity(img, prm, p, g).indicator(prm);
-  });
-}
-
 std::tuple<at::Tensor, at::Tensor, at::Tensor> simota_assign_cpu(
     const at::Tensor& priors, const at::Tensor& pred_bboxes, const at::Tensor& pred_scores,
     const std::optional<at::Tensor>& pred_keypoints, const std::optional<at::Tensor>& pred_keypoints_visible,
@@ -240,7 +216,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> simota_assign_cpu(
   dynamic_k::check_gt_values("simota_assign", num_gts, gt_labels, prm.C);
   const int64_t B = pred_bboxes.size(0), P = prm.P, G = prm.G;
   auto gt_inds = at::zeros({B, P}, gt_labels.options());
-  auto overlaps = at::full({B, P}, -simota::kInf, priors.options());
+  auto overlaps = at::zeros({B, P}, priors.options());  // stock: zeros when nothing can be assigned
   auto labels = at::full({B, P}, -1, gt_labels.options());
   if (B == 0 || P == 0) return {gt_inds, overlaps, labels};
 
@@ -292,13 +268,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> simota_assign_cpu(
 
   at::parallel_for(0, B, 1, [&](int64_t begin, int64_t end) {
     for (int64_t b = begin; b < end; ++b) {
-      Outputs out{gt_inds.data_ptr<int64_t>() + b * P, overlaps.data_ptr<float>() + b * P,
-                  labels.data_ptr<int64_t>() + b * P};
-      if (batch.num_gts[b] == 0 || valid[b].size() == 0) {
-        std::fill(out.overlaps, out.overlaps + P, 0.f);  // stock: zeros when nothing can be assigned
-        continue;
-      }
-      resolve_image(image(b), prm, valid[b], picked.data() + b * G, out);
+      if (batch.num_gts[b] == 0 || valid[b].size() == 0) continue;
+      const ImageData img = image(b);
+      auto similarity = [&](int64_t p, int64_t g) { return simota::pair_similarity(img, prm, p, g); };
+      dynamic_k::write_image_rows(
+          valid[b].index, picked.data() + b * G, img.num_gt, img.gt_labels, P, -simota::kInf,
+          [&](int64_t p, int64_t g) { return simota::pair_cost(img, prm, p, g, similarity(p, g)); },
+          [&](int64_t p, int64_t g) { return similarity(p, g).indicator(prm); },
+          {gt_inds.data_ptr<int64_t>() + b * P, overlaps.data_ptr<float>() + b * P,
+           labels.data_ptr<int64_t>() + b * P});
     }
   });
   return {gt_inds, overlaps, labels};
