@@ -226,6 +226,10 @@ def test_no_prediction_is_the_stock_empty_result():
     pred = InstanceData(priors=torch.zeros(0, 4), bboxes=torch.zeros(0, 4), scores=torch.zeros(0, 3))
     gt = InstanceData(bboxes=torch.tensor([[0.0, 0.0, 8.0, 8.0]]), labels=torch.tensor([0]))
     assert_same_result(FusedDynamicSoftLabelAssigner().assign(pred, gt), stock_assign(pred, gt))
+    batch = FusedDynamicSoftLabelAssigner().assign_batch(torch.zeros(0, 4), torch.zeros(2, 0, 4),
+                                                         torch.zeros(2, 0, 3), [gt, gt])
+    assert [(batch[key].shape, batch[key].dtype) for key in ('gt_inds', 'max_overlaps', 'labels')] == [
+        ((2, 0), torch.long), ((2, 0), torch.float32), ((2, 0), torch.long)]
 
 
 def test_constructor_and_registry():

@@ -331,14 +331,9 @@ class FusedDynamicSoftLabelAssigner:
         if any('masks' in gt for gt in batch_gt_instances):
             gt_centers = _pad([gt_centers_of(gt, device) if len(view.bboxes) else view.bboxes.new_zeros((0, 2))
                                for gt, view in zip(batch_gt_instances, gts)], gt_bboxes.size(1), device)
-        if num_priors == 0 or bboxes.size(0) == 0:
-            shape = (bboxes.size(0), num_priors)
-            gt_inds, max_overlaps = bboxes.new_zeros(shape, dtype=torch.long), bboxes.new_zeros(shape)
-            labels = bboxes.new_full(shape, -1, dtype=torch.long)
-        else:
-            gt_inds, max_overlaps, labels = dynamic_soft_label_assign(
-                priors.detach().float(), bboxes.detach().float(), scores.detach().float(), gt_bboxes,
-                gt_labels.long(), num_gts, gt_centers=gt_centers, **self.op_settings())
+        gt_inds, max_overlaps, labels = dynamic_soft_label_assign(  # the op returns the empty result at P = 0
+            priors.detach().float(), bboxes.detach().float(), scores.detach().float(), gt_bboxes, gt_labels.long(),
+            num_gts, gt_centers=gt_centers, **self.op_settings())
         return dict(num_gts=num_gts, gt_inds=gt_inds, max_overlaps=max_overlaps, labels=labels)
 
 
