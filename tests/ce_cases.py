@@ -3,7 +3,8 @@ the instruction-set test (tests/test_cpu_isa.py runs them under each ISA cap).
 
 Softmax: rows go 16 at a time through a transposed tile when C <= 256, the rows after the last
 full tile and tiles holding a logit to clamp or a NaN take the per-row path, as does every row
-when C > 256. Sigmoid: blocks of whole rows of max(1024, C) elements.
+when C > 256; the backward of a batch with nothing clamped and no NaN takes an unmasked path
+(clean_softmax_case). Sigmoid: blocks of whole rows of max(1024, C) elements.
 """
 import torch
 
@@ -37,6 +38,14 @@ def softmax_case(c, dtype, seed=0):
     labels = torch.randint(0, c, (SOFTMAX_ROWS,), generator=g)
     labels[::9] = -100
     return adversarial_logits(SOFTMAX_ROWS, c, dtype, seed), labels
+
+
+def clean_softmax_case(c, dtype, seed=0):
+    """std-8 logits with nothing to clamp, labels with ignored rows."""
+    g = torch.Generator().manual_seed(seed + 3)
+    labels = torch.randint(0, c, (SOFTMAX_ROWS,), generator=g)
+    labels[::9] = -100
+    return (torch.randn(SOFTMAX_ROWS, c, generator=g) * 8).to(dtype), labels
 
 
 def sigmoid_case(c, dtype, seed=0):

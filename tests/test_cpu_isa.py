@@ -39,6 +39,11 @@ for dtype in ce_cases.DTYPES:
             loss, num_clamped, num_nan = fastops.safe_cross_entropy(x, labels, clamp_grad=mode)
             loss.sum().backward()
             out[f"ce_paths_{dtype}_{c}_{mode}"] = (loss.detach(), x.grad, num_clamped, num_nan)
+        logits, labels = ce_cases.clean_softmax_case(c, dtype)
+        x = logits.clone().requires_grad_()
+        loss, num_clamped, num_nan = fastops.safe_cross_entropy(x, labels)
+        loss.sum().backward()
+        out[f"ce_clean_{dtype}_{c}"] = (loss.detach(), x.grad, num_clamped, num_nan)
     for c in ce_cases.SIGMOID_CS:
         logits, labels, probs, pos_weight = ce_cases.sigmoid_case(c, dtype)
         for name, targets, weight, mode in (("index", labels, None, "zero"),

@@ -147,12 +147,12 @@ def test_compile_simota_assign_non_contiguous(layout):
 def _backward_ops_cases():
     logits = torch.randn(6, 4).t()  # [4, 6] transposed
     labels = torch.tensor([0, 5, 2, -100])
-    loss, lse, _ = torch.ops.fastops.safe_cross_entropy(logits, labels, None, -100, 10.0, False)
+    loss, lse, stats = torch.ops.fastops.safe_cross_entropy(logits, labels, None, -100, 10.0, False)
     sig_targets = torch.rand(6, 4).t()
     px, py, tx, ty = [t.transpose(0, 1).contiguous().transpose(0, 1) for t in probs_case()]
     return [
         (torch.ops.fastops.safe_cross_entropy_backward.default,
-         (torch.rand(4), logits, labels, None, lse, -100, 10.0, False)),
+         (torch.rand(4), logits, labels, None, lse, stats, -100, 10.0, False)),
         (torch.ops.fastops.safe_sigmoid_cross_entropy_backward.default,
          (torch.rand(6, 4).t(), logits, sig_targets, None, -100, 10.0, False)),
         (torch.ops.fastops.mlecc_loss_from_probs_backward.default,
@@ -330,10 +330,10 @@ def test_invalid_label_raises_from_the_op_itself():
 
 def test_backward_op_checks_labels_too():
     logits, labels = torch.randn(3, 4), torch.tensor([0, 1, 2])
-    _, lse, _ = torch.ops.fastops.safe_cross_entropy(logits, labels, None, -100, 10.0, False)
+    _, lse, stats = torch.ops.fastops.safe_cross_entropy(logits, labels, None, -100, 10.0, False)
     with pytest.raises(RuntimeError, match=r"safe_cross_entropy_backward: labels\[0\] = -3 is out of range"):
         torch.ops.fastops.safe_cross_entropy_backward(torch.ones(3), logits, torch.tensor([-3, 1, 2]), None, lse,
-                                                      -100, 10.0, False)
+                                                      stats, -100, 10.0, False)
 
 
 @requires_cuda
@@ -375,8 +375,8 @@ def test_cuda_simota_invalid_num_gts_fails_with_the_cpu_message():
 
 def _softmax_backward_args():
     logits, labels = torch.randn(3, 4), torch.tensor([0, 1, 2])
-    _, lse, _ = torch.ops.fastops.safe_cross_entropy(logits, labels, None, -100, 10.0, False)
-    return [torch.ones(3), logits, labels, None, lse, -100, 10.0, False]
+    _, lse, stats = torch.ops.fastops.safe_cross_entropy(logits, labels, None, -100, 10.0, False)
+    return [torch.ones(3), logits, labels, None, lse, stats, -100, 10.0, False]
 
 
 @pytest.mark.parametrize("position, value, match", [
@@ -384,15 +384,17 @@ def _softmax_backward_args():
     (0, torch.ones(3, dtype=torch.long), "grad_loss must be floating point"),
     (4, torch.ones(5), r"lse has shape \[5\], expected \[3\]"),
     (4, torch.ones(3, dtype=torch.float16), "lse must be Float"),
+    (5, torch.zeros(3, dtype=torch.long), r"stats must be int64 of shape \[2\]"),
+    (5, torch.zeros(2), r"stats must be int64 of shape \[2\]"),
 ])
-def test_softmax_backward_checks_grad_and_lse(position, value, match):
+def test_softmax_backward_checks_grad_lse_and_stats(position, value, match):
     args = _softmax_backward_args()
     args[position] = value
     with pytest.raises(RuntimeError, match=match):
         torch.ops.fastops.safe_cross_entropy_backward(*args)
 
 
-@pytest.mark.parametrize("position, name", [(0, "grad_loss"), (4, "lse")])
+@pytest.mark.parametrize("position, name", [(0, "grad_loss"), (4, "lse"), (5, "stats")])
 def test_softmax_backward_checks_devices(position, name):
     """The CPU kernel, called directly with one argument elsewhere (meta here), names it."""
     args = _softmax_backward_args()
@@ -412,14 +414,16 @@ def test_sigmoid_backward_checks_grad_loss():
 
 
 @requires_cuda
-@pytest.mark.parametrize("name", ["grad_loss", "lse"])
+@pytest.mark.parametrize("name", ["grad_loss", "lse", "stats"])
 def test_cuda_backward_rejects_host_tensors(name):
     logits, labels = torch.randn(3, 4, device="cuda"), torch.tensor([0, 1, 2], device="cuda")
-    _, lse, _ = torch.ops.fastops.safe_cross_entropy(logits, labels, None, -100, 10.0, False)
-    grad = torch.ones(3, device="cuda")
-    grad, lse = (grad.cpu(), lse) if name == "grad_loss" else (grad, lse.cpu())
+    _, lse, stats = torch.ops.fastops.safe_cross_entropy(logits, labels, None, -100, 10.0, False)
+    args = {"grad": torch.ones(3, device="cuda"), "lse": lse, "stats": stats}
+    key = "grad" if name == "grad_loss" else name
+    args[key] = args[key].cpu()
     with pytest.raises(RuntimeError, match=f"{name} is on cpu but logits are on cuda"):
-        torch.ops.fastops.safe_cross_entropy_backward(grad, logits, labels, None, lse, -100, 10.0, False)
+        torch.ops.fastops.safe_cross_entropy_backward(args["grad"], logits, labels, None, args["lse"],
+                                                      args["stats"], -100, 10.0, False)
     torch.cuda.synchronize()  # the context is still healthy
 
 

@@ -116,6 +116,27 @@ def test_softmax_kernel_paths_match_reference(c, dtype, clamp_grad):
                                equal_nan=True, **GRAD_TOL[dtype])
 
 
+@pytest.mark.parametrize("dtype", ce_cases.DTYPES + (torch.float64,), ids=str)
+@pytest.mark.parametrize("c", ce_cases.SOFTMAX_CS)
+def test_clean_batch_backward_is_the_masked_one(c, dtype):
+    """A batch with nothing clamped and no NaN (stats (0, 0)) takes the CPU backward's unmasked
+    path: the same bits as the masked path, which stats (1, 0) select, and the reference's values."""
+    logits, labels = ce_cases.clean_softmax_case(c, dtype)
+    weight = torch.rand(c, generator=torch.Generator().manual_seed(4)) + 0.5
+    _, lse, stats = torch.ops.fastops.safe_cross_entropy(logits, labels, weight, -100, 100.0, False)
+    assert stats.tolist() == [0, 0]
+    grad_loss = torch.rand(len(labels), dtype=lse.dtype)
+    for straight_through in (False, True):
+        grads = [torch.ops.fastops.safe_cross_entropy_backward(grad_loss, logits, labels, weight, lse, counts, -100,
+                                                               100.0, straight_through)
+                 for counts in (stats, torch.tensor([1, 0]))]
+        assert torch.equal(grads[0], grads[1])
+    x_ref = logits.clone().requires_grad_()
+    loss_ref = reference.safe_cross_entropy(x_ref, labels, weight)[0]
+    want = grad_of(loss_ref, x_ref, grad_loss.to(loss_ref.dtype))
+    torch.testing.assert_close(grads[0], want.to(dtype), **GRAD_TOL.get(dtype, GRAD_TOL[torch.float32]))
+
+
 @pytest.mark.parametrize("weighted", [False, True])
 @pytest.mark.parametrize("index_targets", [False, True])
 @pytest.mark.parametrize("dtype", ce_cases.DTYPES, ids=str)

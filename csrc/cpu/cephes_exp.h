@@ -35,12 +35,10 @@ FASTOPS_ROW_INLINE float mul_add(float a, float b, float c) {
 #endif
 }
 
-// Branch-free and call-free, so that a loop over it vectorises: n is rounded by adding and
-// subtracting 1.5 * 2^23.
-FASTOPS_ROW_INLINE float exp(float arg) {
+// e^x for x in [kMinArg, kMaxArg], which the callers below clip. Branch-free and call-free, so
+// that a loop over it vectorises: n is rounded by adding and subtracting 1.5 * 2^23.
+FASTOPS_ROW_INLINE float exp_in_range(float x) {
   constexpr float kRound = 12582912.f;
-  const float above = arg < kMinArg ? kMinArg : arg;  // two selects: one max and one min
-  const float x = above > kMaxArg ? kMaxArg : above;
   const float n = (x * kLog2e + kRound) - kRound;
   const float r = mul_add(-n, kLn2Lo, mul_add(-n, kLn2Hi, x));
   float p = mul_add(kPoly[0], r, kPoly[1]);  // unrolled by hand: GCC vectorises no inner loop
@@ -50,7 +48,19 @@ FASTOPS_ROW_INLINE float exp(float arg) {
   p = mul_add(p, r, kPoly[5]);
   const float e_r = mul_add(p, r * r, r + 1.f);
   const int32_t bits = (static_cast<int32_t>(n) + 127) << 23;
-  return arg < kMinArg ? 0.f : e_r * __builtin_bit_cast(float, bits);
+  return e_r * __builtin_bit_cast(float, bits);
+}
+
+FASTOPS_ROW_INLINE float exp(float arg) {
+  const float above = arg < kMinArg ? kMinArg : arg;  // two selects: one max and one min
+  const float x = above > kMaxArg ? kMaxArg : above;
+  return arg < kMinArg ? 0.f : exp_in_range(x);
+}
+
+// exp for arguments <= 0 (x - max(x), x - logsumexp(x) of a clamped row; NaN gives NaN): exp
+// without its overflow clip, which the softmax loops that take it do not pay.
+FASTOPS_ROW_INLINE float exp_nonpositive(float arg) {
+  return arg < kMinArg ? 0.f : exp_in_range(arg < kMinArg ? kMinArg : arg);
 }
 
 #if FASTOPS_HAS_AVX2

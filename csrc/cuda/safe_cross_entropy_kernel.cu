@@ -240,10 +240,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> safe_cross_entropy_cuda(
 at::Tensor safe_cross_entropy_backward_cuda(const at::Tensor& grad_loss, const at::Tensor& logits_in,
                                             const at::Tensor& labels_in,
                                             const std::optional<at::Tensor>& class_weight_in,
-                                            const at::Tensor& lse_in, int64_t ignore_index,
-                                            double clamp, bool straight_through) {
+                                            const at::Tensor& lse_in, const at::Tensor& stats,
+                                            int64_t ignore_index, double clamp, bool straight_through) {
   check_softmax_args(logits_in, labels_in, class_weight_in, clamp);
-  check_softmax_backward_args(grad_loss, lse_in, logits_in);
+  check_softmax_backward_args(grad_loss, lse_in, stats, logits_in);  // stats unread: the mask is free here
   const c10::cuda::CUDAGuard guard(logits_in.device());
   const auto logits = logits_in.contiguous();
   const auto labels = labels_in.contiguous();

@@ -98,7 +98,8 @@ void check_sigmoid_args(const at::Tensor& logits, const at::Tensor& targets,
   check_clamp(clamp, logits, "safe_sigmoid_cross_entropy");
 }
 
-void check_softmax_backward_args(const at::Tensor& grad_loss, const at::Tensor& lse, const at::Tensor& logits) {
+void check_softmax_backward_args(const at::Tensor& grad_loss, const at::Tensor& lse, const at::Tensor& stats,
+                                 const at::Tensor& logits) {
   const char* op = "safe_cross_entropy_backward";
   check_grad_loss(grad_loss, logits, {logits.size(0)}, op);
   TORCH_CHECK(lse.device() == logits.device(), op, ": lse is on ", lse.device(), " but logits are on ",
@@ -107,6 +108,11 @@ void check_softmax_backward_args(const at::Tensor& grad_loss, const at::Tensor& 
               " (the forward's second output), got ", lse.scalar_type());
   TORCH_CHECK(lse.sizes() == at::IntArrayRef{logits.size(0)}, op, ": lse has shape ", lse.sizes(), ", expected [",
               logits.size(0), "]");
+  TORCH_CHECK(stats.device() == logits.device(), op, ": stats is on ", stats.device(), " but logits are on ",
+              logits.device());
+  TORCH_CHECK(stats.scalar_type() == at::kLong && stats.sizes() == at::IntArrayRef{2}, op,
+              ": stats must be int64 of shape [2] (the forward's third output), got ", stats.scalar_type(),
+              " of shape ", stats.sizes());
 }
 
 void check_sigmoid_backward_args(const at::Tensor& grad_loss, const at::Tensor& logits) {
@@ -117,14 +123,16 @@ TORCH_LIBRARY_FRAGMENT(fastops, m) {
   // straight_through is read by autograd only (it selects the backward).
   // loss [N] fp32 (class_weight[label] * (logsumexp(x) - x[label]), 0 where ignored), lse [N] fp32
   // saved for backward, stats [2] int64 = (num_clamped, num_nan). Labels outside [0, C) other than
-  // ignore_index raise (CPU) or fail a device-side assert (CUDA), with the same message.
+  // ignore_index raise (CPU) or fail a device-side assert (CUDA), with the same message. The
+  // backward takes lse and stats as the forward returned them: on CPU, stats of (0, 0) select the
+  // unmasked path (the gradient is the same; lse and stats are not checked against the logits).
   m.def(
       "safe_cross_entropy(Tensor logits, Tensor labels, Tensor? class_weight, int ignore_index, "
       "float clamp, bool straight_through) -> (Tensor loss, Tensor lse, Tensor stats)");
   m.def(
       "safe_cross_entropy_backward(Tensor grad_loss, Tensor logits, Tensor labels, "
-      "Tensor? class_weight, Tensor lse, int ignore_index, float clamp, bool straight_through) "
-      "-> Tensor");
+      "Tensor? class_weight, Tensor lse, Tensor stats, int ignore_index, float clamp, "
+      "bool straight_through) -> Tensor");
   // loss [N, C] fp32 elementwise BCE-with-logits (pos_weight as torch's), stats as above.
   m.def(
       "safe_sigmoid_cross_entropy(Tensor logits, Tensor targets, Tensor? pos_weight, "
@@ -169,7 +177,7 @@ class SafeCrossEntropy : public torch::autograd::Function<SafeCrossEntropy> {
         const at::Tensor&, const at::Tensor&, const std::optional<at::Tensor>&, int64_t, double, bool)>(
         "fastops::safe_cross_entropy");
     auto [loss, lse, stats] = op.call(logits, labels, class_weight, ignore_index, clamp, straight_through);
-    ctx->save_for_backward({logits, labels, saved_or_undefined(class_weight), lse});
+    ctx->save_for_backward({logits, labels, saved_or_undefined(class_weight), lse, stats});
     save_settings(ctx, ignore_index, clamp, straight_through);
     ctx->mark_non_differentiable({lse, stats});
     return {loss, lse, stats};
@@ -177,11 +185,12 @@ class SafeCrossEntropy : public torch::autograd::Function<SafeCrossEntropy> {
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     static const auto op = op_handle<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&,
-                                                const std::optional<at::Tensor>&, const at::Tensor&, int64_t,
-                                                double, bool)>("fastops::safe_cross_entropy_backward");
+                                                const std::optional<at::Tensor>&, const at::Tensor&,
+                                                const at::Tensor&, int64_t, double, bool)>(
+        "fastops::safe_cross_entropy_backward");
     const auto saved = ctx->get_saved_variables();
     const at::Tensor grad_logits =
-        op.call(grads[0], saved[0], saved[1], optional_saved(saved[2]), saved[3],
+        op.call(grads[0], saved[0], saved[1], optional_saved(saved[2]), saved[3], saved[4],
                 ctx->saved_data["ignore_index"].toInt(), ctx->saved_data["clamp"].toDouble(),
                 ctx->saved_data["straight_through"].toBool());
     return {grad_logits, at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};

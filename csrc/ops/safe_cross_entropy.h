@@ -11,9 +11,10 @@ void check_softmax_args(const at::Tensor& logits, const at::Tensor& labels,
                         const std::optional<at::Tensor>& class_weight, double clamp);
 void check_sigmoid_args(const at::Tensor& logits, const at::Tensor& targets,
                         const std::optional<at::Tensor>& pos_weight, double clamp);
-// grad_loss (and lse) of the backward ops: floating point, on the logits' device, of the forward
-// output's shape ([N] softmax, [N, C] sigmoid); lse in the accumulation dtype.
-void check_softmax_backward_args(const at::Tensor& grad_loss, const at::Tensor& lse, const at::Tensor& logits);
+// grad_loss (and lse, stats) of the backward ops: floating point, on the logits' device, of the
+// forward output's shape ([N] softmax, [N, C] sigmoid); lse in the accumulation dtype; stats int64 [2].
+void check_softmax_backward_args(const at::Tensor& grad_loss, const at::Tensor& lse, const at::Tensor& stats,
+                                 const at::Tensor& logits);
 void check_sigmoid_backward_args(const at::Tensor& grad_loss, const at::Tensor& logits);
 
 // The accumulation dtype of the losses: float64 for float64 logits, float32 otherwise.

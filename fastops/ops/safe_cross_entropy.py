@@ -130,7 +130,7 @@ def _(logits, labels, class_weight, ignore_index, clamp, straight_through):
 
 
 @torch.library.register_fake("fastops::safe_cross_entropy_backward")
-def _(grad_loss, logits, labels, class_weight, lse, ignore_index, clamp, straight_through):
+def _(grad_loss, logits, labels, class_weight, lse, stats, ignore_index, clamp, straight_through):
     return logits.new_empty(logits.shape)  # contiguous, as the kernels return it
 
 
