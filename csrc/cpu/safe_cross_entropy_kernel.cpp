@@ -165,6 +165,28 @@ constexpr int64_t kTileMaxC = 256;
 FASTOPS_ROW_INLINE float vec_log(float x) { return cephes::log(x); }
 FASTOPS_ROW_INLINE double vec_log(double x) { return std::log(x); }
 
+// t[j][r] = x[r][j] for the tile's kTileRows rows x of C logits. Square blocks go through a local
+// copy, which GCC turns into vector loads, shuffles and stores (0.17 ns per logit less at C = 81
+// than the column-by-column loop, which the remaining columns take).
+template <typename acc_t>
+FASTOPS_ROW_INLINE void transpose_rows(const acc_t* x, int64_t C, acc_t* t) {
+  constexpr int64_t R = kTileRows;
+  int64_t j0 = 0;
+  for (; j0 + R <= C; j0 += R) {
+    acc_t block[R][R];
+    for (int64_t r = 0; r < R; ++r) {
+      for (int64_t j = 0; j < R; ++j) block[r][j] = x[r * C + j0 + j];
+    }
+    for (int64_t j = 0; j < R; ++j) {
+      for (int64_t r = 0; r < R; ++r) t[(j0 + j) * R + r] = block[r][j];
+    }
+  }
+  for (int64_t j = j0; j < C; ++j) {
+#pragma omp simd
+    for (int64_t r = 0; r < R; ++r) t[j * R + r] = x[r * C + j];
+  }
+}
+
 // Forward of rows [begin, end): lse and weighted loss per row; returns the clamp counts.
 template <typename scalar_t, typename acc_t>
 FASTOPS_ROW_INLINE RowStats softmax_forward_rows(const SoftmaxRows<scalar_t, acc_t>& in, int64_t begin, int64_t end,
@@ -177,17 +199,10 @@ FASTOPS_ROW_INLINE RowStats softmax_forward_rows(const SoftmaxRows<scalar_t, acc
   RowStats stats;
   int64_t i = begin;
   for (; tiled && i + R <= end; i += R) {
-    const acc_t* x = rows.data();
-    if constexpr (std::is_same_v<scalar_t, acc_t>) {
-      x = in.logits + i * C;
-    } else {
-      load_row(in.logits + i * C, R * C, rows.data());
-    }
+    load_row(in.logits + i * C, R * C, rows.data());
     acc_t* t = tile.data();
-    for (int64_t j = 0; j < C; ++j) {
-#pragma omp simd
-      for (int64_t r = 0; r < R; ++r) t[j * R + r] = x[r * C + j];
-    }
+    const acc_t* x = rows.data();
+    transpose_rows(x, C, t);
     // As clamp_row's first pass: the sum of x * 0 is NaN where a row holds a NaN or an inf.
     acc_t row_max[R], row_min[R], nonfinite[R], sum[R];
 #pragma omp simd
@@ -206,7 +221,6 @@ FASTOPS_ROW_INLINE RowStats softmax_forward_rows(const SoftmaxRows<scalar_t, acc
       clean &= nonfinite[r] == acc_t(0) && row_max[r] <= bound && row_min[r] >= -bound;
     }
     if (!clean) {
-      if constexpr (std::is_same_v<scalar_t, acc_t>) load_row(x, R * C, rows.data());  // clamped there
       for (int64_t r = 0; r < R; ++r) softmax_forward_row(in, i + r, rows.data() + r * C, stats, loss_out, lse_out);
       continue;
     }
@@ -322,6 +336,10 @@ void softmax_backward_dispatch(const SoftmaxRows<scalar_t, acc_t>& in, const acc
 // Rejects labels outside [0, hi) other than ignore_index, naming the first offending row.
 void check_labels(const at::Tensor& labels, int64_t hi, int64_t ignore_index, const char* op) {
   const int64_t* y = labels.data_ptr<int64_t>();
+  int64_t bad = 0;  // counted in one vectorised pass; only a bad batch is searched for its first row
+#pragma omp simd reduction(+ : bad)
+  for (int64_t i = 0; i < labels.numel(); ++i) bad += !(y[i] == ignore_index || (y[i] >= 0 && y[i] < hi));
+  if (bad == 0) return;
   for (int64_t i = 0; i < labels.numel(); ++i) {
     if (y[i] == ignore_index || (y[i] >= 0 && y[i] < hi)) continue;
     fail_printf(FASTOPS_LABEL_RANGE_MSG, op, static_cast<long long>(i), static_cast<long long>(y[i]),
