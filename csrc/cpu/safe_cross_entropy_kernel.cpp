@@ -1,7 +1,8 @@
 // CPU kernels of the fp16-safe clamped cross-entropy: rows in parallel, converted to the
 // accumulation type once into L1-resident buffers, clamped, then reduced with a vectorisable exp
 // (and log). Softmax rows with few classes go sixteen at a time through a transposed tile, the
-// others one by one; sigmoid rows go in flat blocks of whole rows.
+// others one by one; the softmax backward of a batch the forward found clean (nothing clamped, no
+// NaN) skips the clamp, the mask and the label compare; sigmoid rows go in flat blocks of whole rows.
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
@@ -448,7 +449,7 @@ struct SigmoidBlocks {
   }
 
   // Loads rows [r0, r1) into x; returns their targets.
-  const acc_t* load(int64_t r0, int64_t r1) {
+  FASTOPS_ROW_INLINE const acc_t* load(int64_t r0, int64_t r1) {
     const int64_t C = in.C;
     load_row(in.logits + r0 * C, (r1 - r0) * C, x.data());
     if (!in.labels) return in.probs + r0 * C;
@@ -459,7 +460,7 @@ struct SigmoidBlocks {
     return t.data();
   }
 
-  void zero_ignored_rows(int64_t r0, int64_t r1, acc_t* out) const {
+  FASTOPS_ROW_INLINE void zero_ignored_rows(int64_t r0, int64_t r1, acc_t* out) const {
     if (!in.labels) return;
     for (int64_t r = r0; r < r1; ++r) {
       if (in.labels[r] == in.ignore_index) std::fill(out + (r - r0) * in.C, out + (r - r0 + 1) * in.C, acc_t(0));
