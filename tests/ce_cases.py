@@ -49,10 +49,12 @@ def clean_softmax_case(c, dtype, seed=0):
 
 
 def sigmoid_case(c, dtype, seed=0):
-    """(logits, class-index targets in [0, C] with ignored rows, float targets, pos_weight)."""
+    """(logits, class-index targets in [0, C] with ignored rows, float targets with ignored
+    elements, pos_weight)."""
     n = SIGMOID_ROWS if c <= 2 else 160
     g = torch.Generator().manual_seed(seed + 2)
     labels = torch.randint(0, c + 1, (n,), generator=g)
     labels[::7] = -100
-    return (adversarial_logits(n, c, dtype, seed), labels, torch.rand(n, c, generator=g),
-            torch.rand(c, generator=g) + 0.5)
+    probs = torch.rand(n, c, generator=g)
+    probs[::5, 0] = -1.0  # ignored, as negative float targets are (mmdet's valid mask)
+    return adversarial_logits(n, c, dtype, seed), labels, probs, torch.rand(c, generator=g) + 0.5

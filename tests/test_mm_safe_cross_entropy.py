@@ -85,15 +85,17 @@ def test_sigmoid_with_same_shape_targets_and_1d_pred():
     logits, targets = torch.randn(N, C), torch.rand(N, C)
     assert_same(run(safe, logits, targets), run(stock, logits, targets), "soft targets")
     targets[::5, 0], targets[1::7, 2] = -1.0, 1.0  # negative targets are ignored, and so is ignore_index
-    for ignore_index in (None, 1):
-        for avg_non_ignore in (False, True):
-            ctor = dict(type="SafeCrossEntropyLoss", use_sigmoid=True, ignore_index=ignore_index,
-                        avg_non_ignore=avg_non_ignore)
-            with warnings.catch_warnings():  # stock's advice on avg_non_ignore
-                warnings.simplefilter("ignore")
-                safe, stock = MODELS.build(ctor), MODELS.build(dict(ctor, type="CrossEntropyLoss"))
-            assert_same(run(safe, logits, targets), run(stock, logits, targets),
-                        f"ignored soft targets, ignore_index={ignore_index}, avg_non_ignore={avg_non_ignore}")
+    element_weight = torch.rand(N, C)
+    for ignore_index, avg_non_ignore, reduction in itertools.product((None, 1), (False, True), ("none", "mean", "sum")):
+        ctor = dict(type="SafeCrossEntropyLoss", use_sigmoid=True, ignore_index=ignore_index,
+                    avg_non_ignore=avg_non_ignore, reduction=reduction)
+        with warnings.catch_warnings():  # stock's advice on avg_non_ignore
+            warnings.simplefilter("ignore")
+            safe, stock = MODELS.build(ctor), MODELS.build(dict(ctor, type="CrossEntropyLoss"))
+        for weight in (None, element_weight):
+            assert_same(run(safe, logits, targets, weight=weight), run(stock, logits, targets, weight=weight),
+                        f"ignored soft targets, ignore_index={ignore_index}, avg_non_ignore={avg_non_ignore}, "
+                        f"reduction={reduction}, weighted={weight is not None}")
     logits_1d, targets_1d = torch.randn(N), torch.randint(0, 2, (N,)).float()
     assert_same(run(safe, logits_1d, targets_1d), run(stock, logits_1d, targets_1d), "1-D pred")
 

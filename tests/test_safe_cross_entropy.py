@@ -156,6 +156,26 @@ def test_sigmoid_kernel_paths_match_reference(c, dtype, index_targets, weighted)
                                    equal_nan=True, **GRAD_TOL[dtype])
 
 
+@pytest.mark.parametrize("ignore_index", [-100, 1])
+def test_sigmoid_float_targets_below_zero_or_ignore_index_are_ignored(ignore_index):
+    """Zero loss and gradient there whatever the logit (NaN and inf included); a NaN target is not
+    ignored (its loss is NaN, as torch's)."""
+    logits = torch.randn(6, 3)
+    logits[0, 0], logits[1, 1], logits[2, 2] = float("nan"), float("inf"), 1e4
+    targets = torch.rand(6, 3)
+    targets[0, 0], targets[1, 1], targets[2, 2], targets[3, 0] = -1.0, -0.5, -100.0, float(ignore_index)
+    targets[4, 1] = float("nan")
+    x = logits.clone().requires_grad_()
+    loss = fastops.safe_sigmoid_cross_entropy(x, targets, ignore_index=ignore_index).loss
+    ignored = (targets < 0) | (targets == ignore_index)
+    grad = grad_of(loss, x, torch.ones_like(loss))
+    assert (loss[ignored] == 0).all() and (grad[ignored] == 0).all()
+    assert torch.isnan(loss[4, 1]) and torch.isfinite(loss[~ignored & ~torch.isnan(targets)]).all()
+    kept = ~ignored & ~torch.isnan(targets)
+    want = F.binary_cross_entropy_with_logits(logits.clamp(-100, 100), targets.nan_to_num(0), reduction="none")
+    torch.testing.assert_close(loss[kept], want[kept])
+
+
 def test_non_contiguous_logits():
     logits, labels = ce_cases.softmax_case(81, torch.float16)
     wide = torch.zeros(logits.shape[0], 2 * logits.shape[1], dtype=logits.dtype)

@@ -418,7 +418,8 @@ at::Tensor safe_cross_entropy_backward_cpu(const at::Tensor& grad_loss, const at
 }
 
 // Sigmoid variant: int64 targets are class indices in [0, C] (C = background: all-zero row),
-// float targets are [N, C] probabilities; rows labelled ignore_index give zero loss and gradient.
+// float targets are [N, C] probabilities; rows labelled ignore_index, and float targets below 0 or
+// equal to ignore_index (mmdet's valid mask), give zero loss and gradient.
 template <typename scalar_t, typename acc_t>
 struct SigmoidRows {
   const scalar_t* logits;  // [N, C]
@@ -427,6 +428,12 @@ struct SigmoidRows {
   const acc_t* pos_weight;  // [C] or null
   int64_t C, ignore_index;
   acc_t bound;
+
+  // Whether a float target marks its element ignored (always false for class-index targets, whose
+  // ignored rows are zeroed by row).
+  FASTOPS_ROW_INLINE bool ignored_target(acc_t t) const {
+    return !labels & ((t < acc_t(0)) | (t == static_cast<acc_t>(ignore_index)));
+  }
 };
 
 // The element-wise loss runs on blocks of whole rows taken as one flat span of about kSpan
@@ -491,7 +498,8 @@ FASTOPS_ROW_INLINE RowStats sigmoid_forward_rows(const SigmoidRows<scalar_t, acc
       clamped += changed_by_clamp(v, bound);
       nan += (v != v);
       const acc_t vc = clamp_keep_nan(v, bound);
-      out[k] = bce_with_logits_of(vc, t[k], w[k], vec_log1p(vec_exp(-std::fabs(vc))));
+      const acc_t loss = bce_with_logits_of(vc, t[k], w[k], vec_log1p(vec_exp(-std::fabs(vc))));
+      out[k] = in.ignored_target(t[k]) ? acc_t(0) : loss;
     }
     stats.clamped += clamped;
     stats.nan += nan;
@@ -521,7 +529,8 @@ FASTOPS_ROW_INLINE void sigmoid_backward_rows(const SigmoidRows<scalar_t, acc_t>
       const acc_t e = vec_exp(-std::fabs(vc));
       const acc_t sigmoid = (vc >= acc_t(0) ? acc_t(1) : e) / (acc_t(1) + e);
       const acc_t d = g[k] * bce_with_logits_grad_of(sigmoid, t[k], w[k]);
-      x[k] = (straight_through | (vc == v)) ? d : acc_t(0);  // vc == v: inside_clamp(v, bound)
+      const bool passes = (straight_through | (vc == v)) & !in.ignored_target(t[k]);  // vc == v: inside_clamp
+      x[k] = passes ? d : acc_t(0);
     }
     blocks.zero_ignored_rows(r0, r1, x);
     store_row(x, n, grad_logits + r0 * in.C);

@@ -145,7 +145,12 @@ struct SigmoidTargets {
   int64_t C;
 
   __device__ acc_t at(int64_t i, int64_t j) const { return labels ? acc_t(labels[i] == j) : probs[i * C + j]; }
-  __device__ bool ignored(int64_t i) const { return labels && labels[i] == ignore_index; }
+  // A row labelled ignore_index, or a float target below 0 or equal to ignore_index (mmdet's mask).
+  __device__ bool ignored(int64_t i, int64_t j) const {
+    if (labels) return labels[i] == ignore_index;
+    const acc_t p = probs[i * C + j];
+    return p < acc_t(0) || p == static_cast<acc_t>(ignore_index);
+  }
   __device__ bool invalid(int64_t i) const {
     return labels && !label_in_range("safe_sigmoid_cross_entropy", i, labels[i], C + 1, ignore_index);
   }
@@ -167,7 +172,7 @@ __global__ void sigmoid_ce_forward_kernel(const scalar_t* __restrict__ logits, S
     if (t.invalid(i)) {
       loss[k] = NAN;
     } else {
-      loss[k] = t.ignored(i) ? acc_t(0)
+      loss[k] = t.ignored(i, j) ? acc_t(0)
                              : bce_with_logits(clamp_keep_nan(v, bound), t.at(i, j),
                                                pos_weight ? pos_weight[j] : acc_t(1));
     }
@@ -187,7 +192,7 @@ __global__ void sigmoid_ce_backward_kernel(const acc_t* __restrict__ grad_loss,
        k += int64_t(gridDim.x) * blockDim.x) {
     const int64_t i = k / C, j = k % C;
     const acc_t v = static_cast<acc_t>(logits[k]);
-    const bool passes = !t.ignored(i) && !t.invalid(i) && (straight_through || inside_clamp(v, bound));
+    const bool passes = !t.ignored(i, j) && !t.invalid(i) && (straight_through || inside_clamp(v, bound));
     grad_logits[k] = static_cast<scalar_t>(
         passes ? grad_loss[k] * bce_with_logits_grad(clamp_keep_nan(v, bound), t.at(i, j),
                                                      pos_weight ? pos_weight[j] : acc_t(1))

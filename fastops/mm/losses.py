@@ -70,30 +70,28 @@ class SafeCrossEntropyLoss(CrossEntropyLoss):
 
     def _binary_cross_entropy(self, pred, label, weight=None, reduction='mean', avg_factor=None,
                               class_weight=None, ignore_index=-100, avg_non_ignore=False):
-        """mmdet's binary_cross_entropy; class-index labels are expanded inside the kernel."""
+        """mmdet's binary_cross_entropy. Class-index labels are expanded inside the kernel, and the
+        kernel zeroes what stock's valid mask does (rows labelled ignore_index; targets below 0 or
+        equal to ignore_index), so no [N, C] mask is built or multiplied in."""
         ignore_index = -100 if ignore_index is None else ignore_index
         logits = pred if pred.dim() == 2 else pred.view(-1, 1)
         if pred.dim() != label.dim():  # class indices [N], label C = background
             targets = label
-            valid_rows = (label != ignore_index).float()
-            row_weight = valid_rows if weight is None else weight.float().view(-1) * valid_rows
-            weight = row_weight.view(-1, 1).expand_as(logits)
-            count_valid = lambda: valid_rows.sum() * logits.size(1)  # noqa: E731
+            if weight is not None:
+                weight = weight.float().view(-1, 1).expand_as(logits)
+            count_valid = lambda: (label != ignore_index).sum() * logits.size(1)  # noqa: E731
         else:  # per-element targets
             targets = label.view_as(logits).float()
-            valid = targets >= 0
-            if ignore_index >= 0:  # a negative ignore_index fails `targets >= 0` already
-                valid &= targets != ignore_index
-            valid = valid.float()
-            weight = valid if weight is None else weight.float().view_as(logits) * valid
-            count_valid = valid.sum
+            if weight is not None:
+                weight = weight.float().view_as(logits)
+            count_valid = lambda: ((targets >= 0) & (targets != ignore_index)).sum()  # noqa: E731
         loss, num_clamped, num_nan = safe_sigmoid_cross_entropy(logits, targets, class_weight, ignore_index,
                                                                 self.clamp, self.clamp_grad)
         self._counters.push(num_clamped=num_clamped, num_nan=num_nan)
         if avg_factor is None and avg_non_ignore and reduction == 'mean':
             avg_factor = count_valid()
-        return weight_reduce_loss(loss.view_as(pred), weight.reshape(pred.shape), reduction=reduction,
-                                  avg_factor=avg_factor)
+        return weight_reduce_loss(loss.view_as(pred), None if weight is None else weight.reshape(pred.shape),
+                                  reduction=reduction, avg_factor=avg_factor)
 
 
 @MMPOSE_MODELS.register_module()

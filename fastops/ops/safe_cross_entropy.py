@@ -99,7 +99,9 @@ def safe_sigmoid_cross_entropy(logits: Tensor, targets: Tensor, pos_weight: Opti
         logits: ``[N, C]`` float32/float16/bfloat16/float64; ±inf allowed.
         targets: either ``[N]`` int64 class indices in ``[0, C]`` (``C`` = background, an all-zero
             row; rows equal to ``ignore_index`` give zero loss and gradient) — the one-hot target is
-            never materialised — or ``[N, C]`` float probabilities (not differentiated).
+            never materialised — or ``[N, C]`` float probabilities (not differentiated), where an
+            element whose target is below 0 or equals ``ignore_index`` is ignored (zero loss and
+            gradient: mmdet's valid mask, without its ``[N, C]`` mask tensor).
         pos_weight: optional ``[C]`` weight of the positive term, as in torch.
         clamp, clamp_grad: as in :func:`safe_cross_entropy`.
 

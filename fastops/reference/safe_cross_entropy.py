@@ -42,11 +42,16 @@ def safe_cross_entropy(logits: Tensor, labels: Tensor, class_weight: Optional[Te
 def safe_sigmoid_cross_entropy(logits: Tensor, targets: Tensor, pos_weight: Optional[Tensor] = None,
                                ignore_index: int = -100, clamp: float = 100.0, clamp_grad: str = "zero"):
     x = clamp_logits(logits, clamp, clamp_grad)
-    valid = torch.ones_like(x)
     if targets.dtype == torch.int64:
         valid = (targets != ignore_index).to(x.dtype)[:, None].expand_as(x)
         one_hot = F.one_hot(targets.clamp(0, x.shape[1]), x.shape[1] + 1)[:, : x.shape[1]]
         targets = one_hot.to(x.dtype)
+    else:  # mmdet's valid mask; ignored elements are 0 even where the loss is NaN
+        targets = targets.to(x.dtype)
+        ignored = (targets < 0) | (targets == ignore_index)
+        valid = (~ignored).to(x.dtype)
+        targets = targets.masked_fill(ignored, 0)
+        x = x.masked_fill(ignored, 0)
     pos_weight = None if pos_weight is None else pos_weight.to(x.dtype)
-    loss = F.binary_cross_entropy_with_logits(x, targets.to(x.dtype), pos_weight=pos_weight, reduction="none")
+    loss = F.binary_cross_entropy_with_logits(x, targets, pos_weight=pos_weight, reduction="none")
     return (loss * valid, *clamp_counts(logits, clamp))
