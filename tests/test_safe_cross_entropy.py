@@ -176,6 +176,22 @@ def test_sigmoid_float_targets_below_zero_or_ignore_index_are_ignored(ignore_ind
     torch.testing.assert_close(loss[kept], want[kept])
 
 
+@pytest.mark.parametrize("dtype", ce_cases.DTYPES, ids=str)
+def test_sigmoid_backward_of_a_sum_reads_the_scalar_gradient(dtype):
+    """loss.sum() / loss.mean() hand the backward one value broadcast to [N, C] (stride 0), read as
+    such; the result is that of the materialised gradient, and of a row-broadcast one."""
+    logits, labels, probs, _ = ce_cases.sigmoid_case(80, dtype)
+    backward = torch.ops.fastops.safe_sigmoid_cross_entropy_backward
+    for targets in (labels, probs):
+        grads = [backward(grad_out, logits, targets, None, -100, 100.0, False)
+                 for grad_out in (torch.tensor(0.37).expand(logits.shape), torch.full(logits.shape, 0.37),
+                                  torch.full((logits.shape[0], 1), 0.37).expand(logits.shape))]
+        assert torch.equal(grads[0], grads[1]) and torch.equal(grads[2], grads[1])
+        x = logits.clone().requires_grad_()
+        fastops.safe_sigmoid_cross_entropy(x, targets).loss.mul(0.37).sum().backward()
+        assert torch.equal(x.grad, grads[1])
+
+
 def test_non_contiguous_logits():
     logits, labels = ce_cases.softmax_case(81, torch.float16)
     wide = torch.zeros(logits.shape[0], 2 * logits.shape[1], dtype=logits.dtype)

@@ -510,18 +510,20 @@ FASTOPS_ROW_INLINE RowStats sigmoid_forward_rows(const SigmoidRows<scalar_t, acc
 
 // Backward of rows [begin, end), in x's buffer: sigmoid(x) = 1 / (1 + e) for x >= 0 and
 // e / (1 + e) below, e = exp(-|x|) (no overflow, and 0 rather than a subnormal far out).
+// grad_loss is [N, C], or its one value where grad_is_scalar (read from a block of copies).
 template <typename scalar_t, typename acc_t>
 FASTOPS_ROW_INLINE void sigmoid_backward_rows(const SigmoidRows<scalar_t, acc_t>& in, const acc_t* grad_loss,
-                                              bool straight_through, int64_t begin, int64_t end,
-                                              scalar_t* grad_logits) {
+                                              bool grad_is_scalar, bool straight_through, int64_t begin,
+                                              int64_t end, scalar_t* grad_logits) {
   SigmoidBlocks<scalar_t, acc_t> blocks(in);
   const acc_t bound = in.bound;
+  const std::vector<acc_t> scalar_block(grad_is_scalar ? blocks.x.size() : 0, grad_is_scalar ? *grad_loss : 0);
   for (int64_t r0 = begin; r0 < end; r0 += blocks.rows) {
     const int64_t r1 = std::min(end, r0 + blocks.rows), n = (r1 - r0) * in.C;
     const acc_t* t = blocks.load(r0, r1);
     acc_t* x = blocks.x.data();
     const acc_t* w = blocks.w.data();
-    const acc_t* g = grad_loss + r0 * in.C;
+    const acc_t* g = grad_is_scalar ? scalar_block.data() : grad_loss + r0 * in.C;
 #pragma omp simd
     for (int64_t k = 0; k < n; ++k) {
       const acc_t v = x[k];
@@ -546,9 +548,9 @@ FASTOPS_AVX512 RowStats sigmoid_forward_rows_avx512(const SigmoidRows<scalar_t, 
 
 template <typename scalar_t, typename acc_t>
 FASTOPS_AVX512 void sigmoid_backward_rows_avx512(const SigmoidRows<scalar_t, acc_t>& in, const acc_t* grad_loss,
-                                                 bool straight_through, int64_t begin, int64_t end,
-                                                 scalar_t* grad_logits) {
-  sigmoid_backward_rows(in, grad_loss, straight_through, begin, end, grad_logits);
+                                                 bool grad_is_scalar, bool straight_through, int64_t begin,
+                                                 int64_t end, scalar_t* grad_logits) {
+  sigmoid_backward_rows(in, grad_loss, grad_is_scalar, straight_through, begin, end, grad_logits);
 }
 #endif
 
@@ -562,14 +564,14 @@ RowStats sigmoid_forward_dispatch(const SigmoidRows<scalar_t, acc_t>& in, int64_
 }
 
 template <typename scalar_t, typename acc_t>
-void sigmoid_backward_dispatch(const SigmoidRows<scalar_t, acc_t>& in, const acc_t* grad_loss,
+void sigmoid_backward_dispatch(const SigmoidRows<scalar_t, acc_t>& in, const acc_t* grad_loss, bool grad_is_scalar,
                                bool straight_through, int64_t begin, int64_t end, scalar_t* grad_logits) {
 #if FASTOPS_HAS_AVX512
   if (cpu_isa() == CpuIsa::kAvx512) {
-    return sigmoid_backward_rows_avx512(in, grad_loss, straight_through, begin, end, grad_logits);
+    return sigmoid_backward_rows_avx512(in, grad_loss, grad_is_scalar, straight_through, begin, end, grad_logits);
   }
 #endif
-  sigmoid_backward_rows(in, grad_loss, straight_through, begin, end, grad_logits);
+  sigmoid_backward_rows(in, grad_loss, grad_is_scalar, straight_through, begin, end, grad_logits);
 }
 
 at::Tensor prepare_sigmoid_targets(const at::Tensor& targets, const at::Tensor& logits,
@@ -630,15 +632,15 @@ at::Tensor safe_sigmoid_cross_entropy_backward_cpu(
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, logits.scalar_type(), "safe_bce_bwd", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     const auto acc_dtype = loss_dtype(logits);
-    const auto grad = grad_loss.to(acc_dtype).contiguous();
+    const auto grad = sigmoid_grad_values(grad_loss, acc_dtype);
     const auto pos_weight = pos_weight_in.has_value()
                                 ? std::optional<at::Tensor>(pos_weight_in->to(acc_dtype).contiguous())
                                 : std::nullopt;
     const auto in = sigmoid_rows<scalar_t, acc_t>(logits, targets, pos_weight, ignore_index, clamp);
-    const acc_t* g = grad.data_ptr<acc_t>();
+    const acc_t* g = grad.values.data_ptr<acc_t>();
     scalar_t* dx = grad_logits.data_ptr<scalar_t>();
     at::parallel_for(0, N, kRowGrain, [&](int64_t begin, int64_t end) {
-      sigmoid_backward_dispatch(in, g, straight_through, begin, end, dx);
+      sigmoid_backward_dispatch(in, g, grad.scalar, straight_through, begin, end, dx);
     });
   });
   return grad_logits;

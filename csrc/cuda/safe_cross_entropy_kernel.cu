@@ -181,7 +181,7 @@ __global__ void sigmoid_ce_forward_kernel(const scalar_t* __restrict__ logits, S
 }
 
 template <typename scalar_t, typename acc_t>
-__global__ void sigmoid_ce_backward_kernel(const acc_t* __restrict__ grad_loss,
+__global__ void sigmoid_ce_backward_kernel(const acc_t* __restrict__ grad_loss, bool grad_is_scalar,
                                            const scalar_t* __restrict__ logits,
                                            SigmoidTargets<acc_t> t,
                                            const acc_t* __restrict__ pos_weight, int64_t numel,
@@ -194,7 +194,7 @@ __global__ void sigmoid_ce_backward_kernel(const acc_t* __restrict__ grad_loss,
     const acc_t v = static_cast<acc_t>(logits[k]);
     const bool passes = !t.ignored(i, j) && !t.invalid(i) && (straight_through || inside_clamp(v, bound));
     grad_logits[k] = static_cast<scalar_t>(
-        passes ? grad_loss[k] * bce_with_logits_grad(clamp_keep_nan(v, bound), t.at(i, j),
+        passes ? grad_loss[grad_is_scalar ? 0 : k] * bce_with_logits_grad(clamp_keep_nan(v, bound), t.at(i, j),
                                                      pos_weight ? pos_weight[j] : acc_t(1))
                : acc_t(0));
   }
@@ -319,13 +319,13 @@ at::Tensor safe_sigmoid_cross_entropy_backward_cuda(
   const int64_t numel = logits.numel();
   if (numel == 0) return grad_logits;
   const auto dtype = loss_dtype(logits);
-  const auto grad = grad_loss.to(dtype).contiguous();
+  const auto grad = sigmoid_grad_values(grad_loss, dtype);
   const auto pos_weight = as_acc(pos_weight_in, dtype);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, logits.scalar_type(), "safe_bce_bwd_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     sigmoid_ce_backward_kernel<scalar_t, acc_t>
         <<<grid_for(numel, kBlock), kBlock, 0, at::cuda::getCurrentCUDAStream()>>>(
-            grad.data_ptr<acc_t>(), logits.data_ptr<scalar_t>(),
+            grad.values.data_ptr<acc_t>(), grad.scalar, logits.data_ptr<scalar_t>(),
             sigmoid_targets<acc_t>(targets, ignore_index, logits.size(1)), ptr_or_null<acc_t>(pos_weight),
             numel, static_cast<acc_t>(clamp), straight_through, grad_logits.data_ptr<scalar_t>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();

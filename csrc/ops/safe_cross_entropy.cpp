@@ -5,6 +5,7 @@
 #include <torch/autograd.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <cmath>
 #include <limits>
 
@@ -60,6 +61,14 @@ void check_grad_loss(const at::Tensor& grad_loss, const at::Tensor& logits, at::
 
 at::ScalarType loss_dtype(const at::Tensor& logits) {
   return logits.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+}
+
+SigmoidGrad sigmoid_grad_values(const at::Tensor& grad_loss, at::ScalarType dtype) {
+  const auto strides = grad_loss.strides();
+  const bool scalar =
+      grad_loss.numel() > 0 && std::all_of(strides.begin(), strides.end(), [](int64_t s) { return s == 0; });
+  if (scalar) return {grad_loss.as_strided({1}, {1}).to(dtype), true};
+  return {grad_loss.to(dtype).contiguous(), false};
 }
 
 void check_softmax_args(const at::Tensor& logits, const at::Tensor& labels,

@@ -20,6 +20,15 @@ void check_sigmoid_backward_args(const at::Tensor& grad_loss, const at::Tensor& 
 // The accumulation dtype of the losses: float64 for float64 logits, float32 otherwise.
 at::ScalarType loss_dtype(const at::Tensor& logits);
 
+// The sigmoid backward's grad_loss in the accumulation dtype: its one value when it is a scalar
+// broadcast to [N, C] (the gradient of a sum or a mean), which is then not materialised; else
+// contiguous.
+struct SigmoidGrad {
+  at::Tensor values;
+  bool scalar;
+};
+SigmoidGrad sigmoid_grad_values(const at::Tensor& grad_loss, at::ScalarType dtype);
+
 // The message of an out-of-range label, shared by the CPU check and the CUDA kernel assert.
 #define FASTOPS_LABEL_RANGE_MSG "%s: labels[%lld] = %lld is out of range [0, %lld) and is not ignore_index (%lld)"
 
