@@ -188,13 +188,52 @@ FASTOPS_ROW_INLINE void transpose_rows(const acc_t* x, int64_t C, acc_t* t) {
   }
 }
 
+// Forward of the kTileRows rows from row i: x holds them, t their transpose. Writes their lse and
+// loss and returns true if no logit needs the clamp and none is NaN; else returns false, and the
+// rows take the per-row path, which counts them. max and min pass NaN by: a NaN shows in its row's
+// sum instead, one operation per logit less than clamp_row's first pass.
+template <typename scalar_t, typename acc_t>
+FASTOPS_ROW_INLINE bool clean_tile_forward(const SoftmaxRows<scalar_t, acc_t>& in, int64_t i, const acc_t* x,
+                                           const acc_t* t, acc_t* loss_out, acc_t* lse_out) {
+  constexpr int64_t R = kTileRows;
+  const int64_t C = in.C;
+  const acc_t bound = in.bound;
+  acc_t row_max[R], row_min[R], sum[R];
+#pragma omp simd
+  for (int64_t r = 0; r < R; ++r) row_max[r] = -bound, row_min[r] = bound, sum[r] = 0;
+  for (int64_t j = 0; j < C; ++j) {
+#pragma omp simd
+    for (int64_t r = 0; r < R; ++r) {
+      const acc_t v = t[j * R + r];
+      row_max[r] = v > row_max[r] ? v : row_max[r];
+      row_min[r] = v < row_min[r] ? v : row_min[r];
+    }
+  }
+  bool in_range = true;
+  for (int64_t r = 0; r < R; ++r) in_range &= row_max[r] <= bound && row_min[r] >= -bound;
+  if (!in_range) return false;
+  for (int64_t j = 0; j < C; ++j) {
+#pragma omp simd
+    for (int64_t r = 0; r < R; ++r) sum[r] += vec_exp_nonpositive(t[j * R + r] - row_max[r]);
+  }
+  bool no_nan = true;
+  for (int64_t r = 0; r < R; ++r) no_nan &= sum[r] == sum[r];
+  if (!no_nan) return false;
+#pragma omp simd
+  for (int64_t r = 0; r < R; ++r) lse_out[i + r] = row_max[r] + vec_log(sum[r]);
+  for (int64_t r = 0; r < R; ++r) {
+    const int64_t label = in.labels[i + r];
+    loss_out[i + r] = label == in.ignore_index ? acc_t(0) : in.weight_of(label) * (lse_out[i + r] - x[r * C + label]);
+  }
+  return true;
+}
+
 // Forward of rows [begin, end): lse and weighted loss per row; returns the clamp counts.
 template <typename scalar_t, typename acc_t>
 FASTOPS_ROW_INLINE RowStats softmax_forward_rows(const SoftmaxRows<scalar_t, acc_t>& in, int64_t begin, int64_t end,
                                                  acc_t* loss_out, acc_t* lse_out) {
   constexpr int64_t R = kTileRows;
   const int64_t C = in.C;
-  const acc_t bound = in.bound;
   const bool tiled = C <= kTileMaxC;
   std::vector<acc_t> rows(tiled ? R * C : C), tile(tiled ? C * R : 0);
   RowStats stats;
@@ -204,37 +243,8 @@ FASTOPS_ROW_INLINE RowStats softmax_forward_rows(const SoftmaxRows<scalar_t, acc
     acc_t* t = tile.data();
     const acc_t* x = rows.data();
     transpose_rows(x, C, t);
-    // As clamp_row's first pass: the sum of x * 0 is NaN where a row holds a NaN or an inf.
-    acc_t row_max[R], row_min[R], nonfinite[R], sum[R];
-#pragma omp simd
-    for (int64_t r = 0; r < R; ++r) row_max[r] = -bound, row_min[r] = bound, nonfinite[r] = 0, sum[r] = 0;
-    for (int64_t j = 0; j < C; ++j) {
-#pragma omp simd
-      for (int64_t r = 0; r < R; ++r) {
-        const acc_t v = t[j * R + r];
-        row_max[r] = v > row_max[r] ? v : row_max[r];
-        row_min[r] = v < row_min[r] ? v : row_min[r];
-        nonfinite[r] += v * acc_t(0);
-      }
-    }
-    bool clean = true;
-    for (int64_t r = 0; r < R; ++r) {
-      clean &= nonfinite[r] == acc_t(0) && row_max[r] <= bound && row_min[r] >= -bound;
-    }
-    if (!clean) {
+    if (!clean_tile_forward(in, i, x, t, loss_out, lse_out)) {
       for (int64_t r = 0; r < R; ++r) softmax_forward_row(in, i + r, rows.data() + r * C, stats, loss_out, lse_out);
-      continue;
-    }
-    for (int64_t j = 0; j < C; ++j) {
-#pragma omp simd
-      for (int64_t r = 0; r < R; ++r) sum[r] += vec_exp_nonpositive(t[j * R + r] - row_max[r]);
-    }
-#pragma omp simd
-    for (int64_t r = 0; r < R; ++r) lse_out[i + r] = row_max[r] + vec_log(sum[r]);
-    for (int64_t r = 0; r < R; ++r) {
-      const int64_t label = in.labels[i + r];
-      loss_out[i + r] =
-          label == in.ignore_index ? acc_t(0) : in.weight_of(label) * (lse_out[i + r] - x[r * C + label]);
     }
   }
   for (; i < end; ++i) {
@@ -351,7 +361,10 @@ void check_labels(const at::Tensor& labels, int64_t hi, int64_t ignore_index, co
 at::Tensor stats_tensor(const std::vector<RowStats>& per_thread) {
   RowStats total;
   for (const auto& s : per_thread) total.add(s);
-  return at::tensor({total.clamped, total.nan}, at::kLong);
+  auto stats = at::empty({2}, at::kLong);  // written in place: at::tensor({..}) costs a copy and a fill
+  stats.data_ptr<int64_t>()[0] = total.clamped;
+  stats.data_ptr<int64_t>()[1] = total.nan;
+  return stats;
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> safe_cross_entropy_cpu(
@@ -432,7 +445,7 @@ struct SigmoidRows {
   // Whether a float target marks its element ignored (always false for class-index targets, whose
   // ignored rows are zeroed by row).
   FASTOPS_ROW_INLINE bool ignored_target(acc_t t) const {
-    return !labels & ((t < acc_t(0)) | (t == static_cast<acc_t>(ignore_index)));
+    return (labels == nullptr) & ((t < acc_t(0)) | (t == static_cast<acc_t>(ignore_index)));
   }
 };
 
