@@ -118,7 +118,21 @@ def test_fp16_overflow_stock_fails_safe_is_finite_and_logged():
     loss = safe(logits, labels)
     torch.testing.assert_close(loss, F.cross_entropy(logits.float().clamp(-100, 100), labels), atol=1e-6, rtol=1e-6)
     assert hub.get_scalar("train/num_clamped").current() == 4
-    assert hub.get_scalar("train/num_clamped_nan").current() == 0
+    assert "train/num_clamped_nan" not in hub.log_scalars  # logged from the first NaN on
+    logits[5, 0] = float("nan")
+    safe(logits, labels)
+    safe(logits.nan_to_num(0.0), labels)
+    assert hub.get_scalar("train/num_clamped_nan").data[0].tolist() == [1, 0]
+
+
+def test_log_key_none_logs_nothing():
+    hub = MessageHub.get_instance("test_log_key_none")
+    logits = torch.randn(N, C)
+    logits[0, 0] = float("inf")
+    for use_sigmoid in (False, True):
+        safe = MODELS.build(dict(type="SafeCrossEntropyLoss", use_sigmoid=use_sigmoid, log_key=None))
+        assert torch.isfinite(safe(logits, labels_for(use_sigmoid)))
+    assert not hub.log_scalars
 
 
 def test_constructor_rejects_bad_clamp_arguments():

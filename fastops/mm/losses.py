@@ -24,9 +24,11 @@ class SafeCrossEntropyLoss(CrossEntropyLoss):
     Args:
         clamp (float): logits, ±inf included, are clamped to ``[-clamp, clamp]`` before the loss.
         clamp_grad (str): ``'zero'`` (torch.clamp's gradient) or ``'straight_through'``.
-        log_key (str): MessageHub key under ``train/`` for the number of clamped logits per call
-            (shown in the training log); NaN logits go to ``train/<log_key>_nan``. On CUDA the
-            counts reach the MessageHub without a host sync, usually one iteration late.
+        log_key (str | None): MessageHub key under ``train/`` for the number of clamped logits per
+            call (shown in the training log); NaN logits go to ``train/<log_key>_nan`` from the
+            first call that meets one on. On CUDA the counts reach the MessageHub without a host
+            sync, usually one iteration late. Each update costs mmengine a copy of the key's
+            history (as for every scalar it logs); ``None`` logs nothing.
     """
 
     def __init__(self, use_sigmoid=False, use_mask=False, reduction='mean', class_weight=None,
@@ -51,17 +53,25 @@ class SafeCrossEntropyLoss(CrossEntropyLoss):
     def extra_repr(self):
         return f'{super().extra_repr()}, clamp={self.clamp}, clamp_grad={self.clamp_grad!r}'
 
+    def _push_counts(self, num_clamped, num_nan):
+        if self.log_key is not None:
+            self._counters.push(num_clamped=num_clamped, num_nan=num_nan)
+
     def _log_counts(self, counts):
+        # Each update costs mmengine's HistoryBuffer a copy of the key's whole history, so the NaN
+        # count, almost always 0, is logged from its first non-zero call on.
         hub = MessageHub.get_current_instance()
         hub.update_scalar(f'train/{self.log_key}', counts['num_clamped'])
-        hub.update_scalar(f'train/{self.log_key}_nan', counts['num_nan'])
+        nan_key = f'train/{self.log_key}_nan'
+        if counts['num_nan'] or nan_key in hub.log_scalars:
+            hub.update_scalar(nan_key, counts['num_nan'])
 
     def _cross_entropy(self, pred, label, weight=None, reduction='mean', avg_factor=None,
                        class_weight=None, ignore_index=-100, avg_non_ignore=False):
         ignore_index = -100 if ignore_index is None else ignore_index
         loss, num_clamped, num_nan = safe_cross_entropy(pred, label, class_weight, ignore_index,
                                                         self.clamp, self.clamp_grad)
-        self._counters.push(num_clamped=num_clamped, num_nan=num_nan)
+        self._push_counts(num_clamped, num_nan)
         if avg_factor is None and avg_non_ignore and reduction == 'mean':
             avg_factor = label.numel() - (label == ignore_index).sum()  # a tensor: no host sync
         if weight is not None:
@@ -87,7 +97,7 @@ class SafeCrossEntropyLoss(CrossEntropyLoss):
             count_valid = lambda: ((targets >= 0) & (targets != ignore_index)).sum()  # noqa: E731
         loss, num_clamped, num_nan = safe_sigmoid_cross_entropy(logits, targets, class_weight, ignore_index,
                                                                 self.clamp, self.clamp_grad)
-        self._counters.push(num_clamped=num_clamped, num_nan=num_nan)
+        self._push_counts(num_clamped, num_nan)
         if avg_factor is None and avg_non_ignore and reduction == 'mean':
             avg_factor = count_valid()
         return weight_reduce_loss(loss.view_as(pred), None if weight is None else weight.reshape(pred.shape),
