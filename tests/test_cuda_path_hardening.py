@@ -418,11 +418,10 @@ def test_sigmoid_backward_checks_grad_loss():
 def test_cuda_backward_rejects_host_tensors(name):
     logits, labels = torch.randn(3, 4, device="cuda"), torch.tensor([0, 1, 2], device="cuda")
     _, lse, stats = torch.ops.fastops.safe_cross_entropy(logits, labels, None, -100, 10.0, False)
-    args = {"grad": torch.ones(3, device="cuda"), "lse": lse, "stats": stats}
-    key = "grad" if name == "grad_loss" else name
-    args[key] = args[key].cpu()
+    args = {"grad_loss": torch.ones(3, device="cuda"), "lse": lse, "stats": stats}
+    args[name] = args[name].cpu()
     with pytest.raises(RuntimeError, match=f"{name} is on cpu but logits are on cuda"):
-        torch.ops.fastops.safe_cross_entropy_backward(args["grad"], logits, labels, None, args["lse"],
+        torch.ops.fastops.safe_cross_entropy_backward(args["grad_loss"], logits, labels, None, args["lse"],
                                                       args["stats"], -100, 10.0, False)
     torch.cuda.synchronize()  # the context is still healthy
 

@@ -3,6 +3,7 @@
 #pragma once
 
 #include <cmath>
+#include <cstdint>
 
 #ifdef __CUDACC__
 #define FASTOPS_HOST_DEVICE __host__ __device__ __forceinline__
@@ -30,6 +31,13 @@ FASTOPS_HOST_DEVICE bool inside_clamp(T x, T bound) {
 template <typename T>
 FASTOPS_HOST_DEVICE bool changed_by_clamp(T x, T bound) {
   return (x > bound) | (x < -bound);
+}
+
+// Whether a float target marks its element ignored: below 0 or equal to ignore_index, mmdet's
+// valid mask (a NaN target is not ignored: its loss is NaN).
+template <typename T>
+FASTOPS_HOST_DEVICE bool ignored_target(T t, int64_t ignore_index) {
+  return (t < T(0)) | (t == static_cast<T>(ignore_index));
 }
 
 // Stable BCE-with-logits with pos_weight p (torch's formula):

@@ -442,10 +442,10 @@ struct SigmoidRows {
   int64_t C, ignore_index;
   acc_t bound;
 
-  // Whether a float target marks its element ignored (always false for class-index targets, whose
-  // ignored rows are zeroed by row).
-  FASTOPS_ROW_INLINE bool ignored_target(acc_t t) const {
-    return (labels == nullptr) & ((t < acc_t(0)) | (t == static_cast<acc_t>(ignore_index)));
+  // Whether a target marks its element ignored: never for class-index targets, whose ignored rows
+  // are zeroed by row.
+  FASTOPS_ROW_INLINE bool ignored_element(acc_t t) const {
+    return (labels == nullptr) & ignored_target(t, ignore_index);
   }
 };
 
@@ -512,7 +512,7 @@ FASTOPS_ROW_INLINE RowStats sigmoid_forward_rows(const SigmoidRows<scalar_t, acc
       nan += (v != v);
       const acc_t vc = clamp_keep_nan(v, bound);
       const acc_t loss = bce_with_logits_of(vc, t[k], w[k], vec_log1p(vec_exp(-std::fabs(vc))));
-      out[k] = in.ignored_target(t[k]) ? acc_t(0) : loss;
+      out[k] = in.ignored_element(t[k]) ? acc_t(0) : loss;
     }
     stats.clamped += clamped;
     stats.nan += nan;
@@ -544,7 +544,7 @@ FASTOPS_ROW_INLINE void sigmoid_backward_rows(const SigmoidRows<scalar_t, acc_t>
       const acc_t e = vec_exp(-std::fabs(vc));
       const acc_t sigmoid = (vc >= acc_t(0) ? acc_t(1) : e) / (acc_t(1) + e);
       const acc_t d = g[k] * bce_with_logits_grad_of(sigmoid, t[k], w[k]);
-      const bool passes = (straight_through | (vc == v)) & !in.ignored_target(t[k]);  // vc == v: inside_clamp
+      const bool passes = (straight_through | (vc == v)) & !in.ignored_element(t[k]);  // vc == v: inside_clamp
       x[k] = passes ? d : acc_t(0);
     }
     blocks.zero_ignored_rows(r0, r1, x);

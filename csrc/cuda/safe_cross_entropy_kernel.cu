@@ -145,11 +145,9 @@ struct SigmoidTargets {
   int64_t C;
 
   __device__ acc_t at(int64_t i, int64_t j) const { return labels ? acc_t(labels[i] == j) : probs[i * C + j]; }
-  // A row labelled ignore_index, or a float target below 0 or equal to ignore_index (mmdet's mask).
+  // A row labelled ignore_index, or an ignored float target.
   __device__ bool ignored(int64_t i, int64_t j) const {
-    if (labels) return labels[i] == ignore_index;
-    const acc_t p = probs[i * C + j];
-    return p < acc_t(0) || p == static_cast<acc_t>(ignore_index);
+    return labels ? labels[i] == ignore_index : ignored_target(probs[i * C + j], ignore_index);
   }
   __device__ bool invalid(int64_t i) const {
     return labels && !label_in_range("safe_sigmoid_cross_entropy", i, labels[i], C + 1, ignore_index);
